@@ -1,0 +1,39 @@
+"""flor: record training runs for florsql (FlorDB-compatible API).
+
+    import flor
+    lr = flor.arg("lr", 1e-3)
+    with flor.checkpointing(model=net, optimizer=opt):
+        for epoch in flor.loop("epoch", range(5)):
+            for batch in flor.loop("step", loader):
+                flor.log("loss", loss.item())
+"""
+
+from __future__ import annotations
+
+from .api import MTK, arg, checkpointing, checkpoints, commit, log, loop
+from .errors import (
+    FlorArgError,
+    FlorCheckpointError,
+    FlorError,
+    FlorNameError,
+    FlorReplayError,
+    FlorRepoError,
+    FlorWarning,
+)
+
+__all__ = [
+    "MTK",
+    "FlorArgError",
+    "FlorCheckpointError",
+    "FlorError",
+    "FlorNameError",
+    "FlorRepoError",
+    "FlorReplayError",
+    "FlorWarning",
+    "arg",
+    "checkpointing",
+    "checkpoints",
+    "commit",
+    "log",
+    "loop",
+]

@@ -1,0 +1,115 @@
+"""The recording API that training scripts call: `flor.arg`, `flor.log`, `flor.loop`, ...
+
+Nothing is started at import: the run begins at the first `flor.*` call, so a script that only
+imports flor (or a notebook reading history) never becomes a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from . import args as flor_args
+from .loops import iterate
+from .run import Session, install_exit_hooks
+from .values import is_unsupported, to_recordable
+
+T = TypeVar("T")
+_SCALARS = frozenset({float, int, str, bool, type(None)})
+_FLOR_ARGV = flor_args.strip_flor_argv(sys.argv)
+_session: Session | None = None
+_recorder = None
+
+
+def session() -> Session:
+    """The recording session of this process, started on first use."""
+    global _session, _recorder
+    if _session is None:
+        _session = Session(_FLOR_ARGV)
+        _recorder = _session.recorder
+        install_exit_hooks(_session)
+    return _session
+
+
+def log(name: str, value: T) -> T:
+    """Record `value` under `name` at the current loop context and return it unchanged."""
+    rec = _recorder or session().recorder
+    if name not in rec.known_names:
+        rec.admit_name(name)
+    if type(value) in _SCALARS:
+        rec.append((rec.ctx, name, value))
+        return value
+    stored = to_recordable(value)
+    if is_unsupported(stored):
+        rec.warn_unsupported(name, value)
+    else:
+        rec.append((rec.ctx, name, stored))
+    return value
+
+
+def arg(name: str, default: Any = None) -> Any:
+    """A hyper-parameter: `default`, unless the command line sets it; recorded per run.
+
+    `python train.py --kwargs lr=0.01` (FlorDB 4) or `python train.py --lr 0.01` (FlorDB 2)
+    override it, cast to the type of `default`.
+    """
+    sess = session()
+    if name in sess.args:
+        return sess.args[name]
+    raw = flor_args.take_cli_value(_FLOR_ARGV, name)
+    value = default if raw is None else flor_args.cast_value(name, raw, default)
+    sess.args[name] = value
+    if not sess.replay:
+        rec = sess.recorder
+        if name not in rec.known_names:
+            rec.admit_name(name)
+        stored = to_recordable(value)
+        rec.append(((), name, None if is_unsupported(stored) else stored))
+    return value
+
+
+def loop(name: str | Iterable[T], iterable: Iterable[T] | None = None) -> Iterator[T]:
+    """Iterate while recording the loop dimension: `flor.loop("epoch", range(5))`.
+
+    `flor.loop(iterable)` names the dimension by depth: `epoch`, then `step`, then `loop2`...
+    """
+    if iterable is None:
+        if isinstance(name, str):
+            raise TypeError("flor.loop(name, iterable): the iterable is missing")
+        return iterate(session(), None, name)
+    return iterate(session(), name, iterable)
+
+
+def checkpoints(*objs: Any, **named: Any) -> None:
+    """Register objects with state_dict/load_state_dict for exact-resume checkpoints."""
+    positional = {f"obj{i}": obj for i, obj in enumerate(objs)}
+    session().checkpointer.register({**positional, **named})
+
+
+@contextlib.contextmanager
+def checkpointing(**named: Any) -> Iterator[None]:
+    """`with flor.checkpointing(model=net, optimizer=opt):` registers them for the block."""
+    ckpt = session().checkpointer
+    ckpt.register(named)
+    try:
+        yield
+    finally:
+        ckpt.wait()
+        for key in named:
+            ckpt.objects.pop(key, None)
+
+
+def commit() -> None:
+    """Flush records to disk now and wait for pending checkpoints (also runs at exit)."""
+    if _session is not None:
+        _session.checkpointer.wait()
+        _session.recorder.flush()
+
+
+class MTK:
+    """FlorDB 2.x's Model Training Kit: `from flor import MTK as Flor`."""
+
+    checkpoints = staticmethod(checkpoints)
+    loop = staticmethod(loop)

@@ -1,0 +1,71 @@
+"""`flor.loop`: names loop dimensions, drives checkpoints and replay at outer-loop boundaries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .run import Session
+
+T = TypeVar("T")
+_DEFAULT_NAMES = ("epoch", "step")
+
+
+def default_loop_name(depth: int) -> str:
+    """Unnamed loops: depth 0 is `epoch`, depth 1 `step`, deeper `loop2`, `loop3`, ..."""
+    return _DEFAULT_NAMES[depth] if depth < len(_DEFAULT_NAMES) else f"loop{depth}"
+
+
+def iterate(session: Session, name: str | None, iterable: Iterable[T]) -> Iterator[T]:
+    """Yield the items of `iterable`, keeping the recorder's loop context up to date."""
+    rec = session.recorder
+    depth = rec.depth
+    name = name or default_loop_name(depth)
+    parent = rec.ctx
+    rec.depth = depth + 1
+    try:
+        if depth == 0:
+            yield from _outer(session, name, iterable)
+        else:
+            for i, item in enumerate(iterable):
+                rec.ctx = parent + ((name, i),)
+                yield item
+    finally:
+        rec.depth = depth
+        rec.ctx = parent
+
+
+def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
+    rec, ckpt, replay = session.recorder, session.checkpointer, session.replay
+    session.check_unread_kwargs()
+    total = _length(iterable)
+    start, stop = replay.window(name) if replay else (0, None)
+    last = time.perf_counter()
+    i = -1
+    for i, item in enumerate(iterable):
+        if i < start:
+            continue
+        if stop is not None and i >= stop:
+            return
+        rec.ctx = ((name, i),)
+        now = time.perf_counter()
+        if replay and i == start:
+            ckpt.restore(replay.run_dir, name, i)
+        elif not replay:
+            ckpt.at_boundary(name, i, total, now - last)
+        last = time.perf_counter()
+        yield item
+        rec.iterations.append((name, i, time.perf_counter() - last))
+        rec.flush_soon()
+    if not replay and i >= 0:
+        rec.ctx = ()
+        ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)
+
+
+def _length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None

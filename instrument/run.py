@@ -1,0 +1,169 @@
+"""One recording session: run identity, storage layout, and how the run ends.
+
+Layout under the flor home (`<repo>/.flor`, or FLOR_HOME):
+  runs/<key>/run.json          identity, written atomically when the run starts
+  runs/<key>/parts/NNNNNN.json record parts (see recorder.py)
+  runs/<key>/ckpt/<loop>-<i>.pt  checkpoints, each listed by a .json entry once durable
+  runs/<key>/heartbeat         touched by the writer while the process lives
+  runs/<key>/end.json          status at exit: finished, failed or killed
+A run with no end.json whose process is gone was killed (kill -9, power loss).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+from pathlib import Path
+
+from . import args as flor_args
+from .checkpoints import Checkpointer
+from .errors import FlorWarning
+from .recorder import Recorder, write_atomic
+from .replay import ReplaySpec, replay_spec_from_env
+from .snapshot import exclude_from_git, find_repo_root, snapshot_worktree
+
+RUN_FORMAT = "flor-run/1"
+_ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fuzzy", "keen", "lucid", "mellow",
+               "nimble", "plucky", "quiet", "rapid", "sunny", "tidy", "vivid", "witty", "zesty")
+_NOUNS = ("otter", "falcon", "maple", "comet", "badger", "willow", "heron", "cedar", "lynx",
+          "pebble", "quartz", "raven", "sparrow", "tulip", "walrus", "yak", "zephyr", "koala")
+
+
+class Session:
+    """The live recording state of this process."""
+
+    def __init__(self, flor_argv: flor_args.FlorArgv) -> None:
+        self.flor_argv = flor_argv
+        self.replay: ReplaySpec | None = replay_spec_from_env()
+        script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+        start_dir = script.parent if script and script.is_file() else Path.cwd()
+        self.repo_root = find_repo_root(start_dir)
+        self.home = flor_home(self.repo_root)
+        self.filename = _relative_script(script, self.repo_root)
+        self.args: dict[str, object] = {}
+        self.status: str | None = None
+        self.error: str | None = None
+        self._finished = False
+        if self.replay:
+            self.run_dir, out_dir, source = self.replay.run_dir, self.replay.out_dir, "replay"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._write_identity(out_dir / "replay.json", {"replay_id": self.replay.replay_id})
+        else:
+            exclude_from_git(self.repo_root, "/.flor/")
+            self.vid = snapshot_worktree(self.repo_root)
+            self.run_dir = out_dir = self._make_run_dir()
+            source = "forward"
+            self._write_identity(out_dir / "run.json", self._identity())
+        self.out_dir = out_dir
+        self.recorder = Recorder(out_dir, source)
+        self.checkpointer = Checkpointer(self.run_dir / "ckpt")
+
+    def check_unread_kwargs(self) -> None:
+        if flor_args.unread_kwargs(self.flor_argv):
+            raise flor_args.FlorArgError(flor_args.describe_unread(self.flor_argv))
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """Flush records, wait for checkpoints, write end.json. Safe to call more than once."""
+        if self._finished:
+            return
+        self._finished = True
+        self.status = self.status or status
+        self.error = self.error or error
+        if self.status == "finished" and flor_args.unread_kwargs(self.flor_argv):
+            warnings.warn(flor_args.describe_unread(self.flor_argv), FlorWarning, stacklevel=2)
+        self.checkpointer.wait()
+        self.recorder.close()
+        end = {"status": self.status, "end_time": _now().isoformat(), "error": self.error}
+        write_atomic(self.out_dir / "end.json", json.dumps(end).encode())
+
+    def _identity(self) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "projid": self.repo_root.name,
+            "runid": self.flor_argv.runid or _readable_name(),
+            "tstamp": self.tstamp.isoformat(timespec="microseconds"),
+            "vid": self.vid,
+            "filename": self.filename,
+            "argv": self.flor_argv.original,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "python": sys.executable,
+            "start_time": _now().isoformat(),
+        }
+
+    def _make_run_dir(self) -> Path:
+        runs = self.home / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        tstamp = dt.datetime.now()
+        while True:  # tstamps are unique per project: the directory name is the lock
+            path = runs / tstamp.strftime("%Y%m%dT%H%M%S.%f")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                tstamp += dt.timedelta(microseconds=1)
+                continue
+            self.tstamp = tstamp
+            return path
+
+    @staticmethod
+    def _write_identity(path: Path, doc: dict) -> None:
+        write_atomic(path, json.dumps(doc, indent=1).encode())
+
+
+def flor_home(repo_root: Path) -> Path:
+    """Where records live: FLOR_HOME, else `<repo>/.flor`."""
+    env = os.environ.get("FLOR_HOME")
+    return Path(env).resolve() if env else repo_root / ".flor"
+
+
+def install_exit_hooks(session: Session) -> None:
+    """Finish the run at normal exit, on an uncaught exception, and on SIGTERM."""
+    atexit.register(session.finish)
+    previous_hook = sys.excepthook
+
+    def excepthook(kind, exc, tb):
+        status = "killed" if issubclass(kind, KeyboardInterrupt) else "failed"
+        tail = "".join(traceback.format_exception(kind, exc, tb)[-3:]).strip()
+        session.finish(status, tail[-2000:])
+        previous_hook(kind, exc, tb)
+
+    sys.excepthook = excepthook
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            session.finish("killed", "SIGTERM")
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _relative_script(script: Path | None, repo_root: Path) -> str:
+    if script is None or not script.is_file():
+        return "<interactive>"
+    try:
+        return script.relative_to(repo_root).as_posix()
+    except ValueError:
+        return script.as_posix()
+
+
+def _readable_name() -> str:
+    rng = random.SystemRandom()  # never draw from the user's seeded generator
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().astimezone()

@@ -1,0 +1,117 @@
+"""Snapshot the working tree into a hidden git ref, without touching the user's branch or index.
+
+The vid of a run is the id of a commit made from a *temporary* index: a copy of the user's index
+plus tracked changes and untracked-not-ignored files. Author, dates and message are fixed and the
+commit has no parent, so the same code always gives the same vid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+from .errors import FlorRepoError, FlorWarning
+
+SNAPSHOT_REF_PREFIX = "refs/flor/snapshots/"
+# Untracked files bigger than this (logs, datasets) are left out of the snapshot with a warning.
+MAX_UNTRACKED_BYTES = int(os.environ.get("FLOR_SNAPSHOT_MAX_BYTES", 5 * 1024 * 1024))
+_FIXED_IDENTITY = {
+    "GIT_AUTHOR_NAME": "flor",
+    "GIT_AUTHOR_EMAIL": "flor@localhost",
+    "GIT_COMMITTER_NAME": "flor",
+    "GIT_COMMITTER_EMAIL": "flor@localhost",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
+}
+
+
+def find_repo_root(start: Path) -> Path:
+    """Return the top of the git work tree containing `start`, or raise FlorRepoError."""
+    try:
+        out = _git(["rev-parse", "--show-toplevel"], cwd=start)
+    except FlorRepoError:
+        raise FlorRepoError(
+            f"flor: {start} is not inside a git repository; run `git init` there first "
+            "(flor versions your code with git)"
+        ) from None
+    return Path(out)
+
+
+def exclude_from_git(repo_root: Path, pattern: str) -> None:
+    """Add `pattern` to .git/info/exclude (never the user's .gitignore) if it is not there."""
+    common = Path(_git(["rev-parse", "--git-common-dir"], cwd=repo_root))
+    if not common.is_absolute():
+        common = repo_root / common
+    exclude = common / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    lines = exclude.read_text().splitlines() if exclude.exists() else []
+    if pattern not in lines:
+        with exclude.open("a") as fh:
+            fh.write(("\n" if lines and lines[-1] else "") + pattern + "\n")
+
+
+def snapshot_worktree(repo_root: Path) -> str:
+    """Commit the working tree to a hidden ref and return the commit id (the vid)."""
+    git_dir = Path(_git(["rev-parse", "--absolute-git-dir"], cwd=repo_root))
+    with tempfile.TemporaryDirectory(prefix="flor-index-") as tmp:
+        index = Path(tmp) / "index"
+        if (git_dir / "index").exists():
+            shutil.copyfile(git_dir / "index", index)
+        env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+        _git(["add", "-u", "--", "."], cwd=repo_root, env=env)
+        _add_untracked(repo_root, env)
+        tree = _git(["write-tree"], cwd=repo_root, env=env)
+    vid = _git(
+        ["commit-tree", tree, "-m", "flor snapshot"],
+        cwd=repo_root,
+        env={**os.environ, **_FIXED_IDENTITY},
+    )
+    _git(["update-ref", SNAPSHOT_REF_PREFIX + vid, vid], cwd=repo_root)
+    return vid
+
+
+def _add_untracked(repo_root: Path, env: dict[str, str]) -> None:
+    listing = _git(["ls-files", "-z", "--others", "--exclude-standard"], cwd=repo_root, env=env)
+    keep, skipped = [], []
+    for rel in filter(None, listing.split("\0")):
+        try:
+            size = (repo_root / rel).stat().st_size
+        except OSError:
+            continue
+        (keep if size <= MAX_UNTRACKED_BYTES else skipped).append(rel)
+    if skipped:
+        warnings.warn(
+            f"flor: left {len(skipped)} large untracked file(s) out of the code snapshot "
+            f"(e.g. {skipped[0]}); add them to .gitignore or raise FLOR_SNAPSHOT_MAX_BYTES",
+            FlorWarning,
+            stacklevel=3,
+        )
+    if keep:
+        _git(
+            ["add", "--pathspec-from-file=-", "--pathspec-file-nul"],
+            cwd=repo_root,
+            env=env,
+            stdin="\0".join(keep),
+        )
+
+
+def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: str = "") -> str:
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise FlorRepoError("flor: git is not installed; install git to record runs") from None
+    if proc.returncode != 0:
+        raise FlorRepoError(f"flor: git {args[0]} failed: {proc.stderr.strip()[:300]}")
+    return proc.stdout.strip()
