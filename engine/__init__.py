@@ -1,1 +1,21 @@
-X=1
+"""florsql's engine: the catalog of recorded runs, ingest, and (later) query analysis and replay."""
+
+from __future__ import annotations
+
+from .catalog import USER_TABLES, open_catalog
+from .errors import CatalogLockedError, EngineError, IngestWarning, ProjectNotFoundError
+from .ingest import IngestReport, ingest_project
+from .project import Project, locate_project
+
+__all__ = [
+    "USER_TABLES",
+    "CatalogLockedError",
+    "EngineError",
+    "IngestReport",
+    "IngestWarning",
+    "Project",
+    "ProjectNotFoundError",
+    "ingest_project",
+    "locate_project",
+    "open_catalog",
+]

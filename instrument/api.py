@@ -66,7 +66,7 @@ def arg(name: str, default: Any = None) -> Any:
         if name not in rec.known_names:
             rec.admit_name(name)
         stored = to_recordable(value)
-        rec.append(((), name, None if is_unsupported(stored) else stored))
+        rec.args.append((name, None if is_unsupported(stored) else stored))
     return value
 
 

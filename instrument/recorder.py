@@ -36,6 +36,7 @@ class Recorder:
         self.depth = 0
         self.known_names: set[str] = set()
         self.iterations: deque = deque()
+        self.args: deque = deque()
         self._by_lower: dict[str, str] = {}
         self._warned: set[tuple[str, str]] = set()
         self._writer = PartWriter(self, out_dir / "parts", source)
@@ -117,12 +118,13 @@ class PartWriter(threading.Thread):
             queue, iterations = self.recorder.queue, self.recorder.iterations
             records = [queue.popleft() for _ in range(len(queue))]
             timings = [iterations.popleft() for _ in range(len(iterations))]
-            if records or timings:
+            args = [self.recorder.args.popleft() for _ in range(len(self.recorder.args))]
+            if records or timings or args:
                 self._seq += 1
-                part = self._encode(records, timings)
+                part = self._encode(records, timings, args)
                 write_atomic(self.parts_dir / f"{self._seq:06d}.json", part)
 
-    def _encode(self, records: list, timings: list) -> bytes:
+    def _encode(self, records: list, timings: list, args: list) -> bytes:
         ctx_ids, contexts, rows = self._ctx_ids, {}, []
         last_ctx, last_id = None, 0
         for ctx, name, value in records:
@@ -139,6 +141,7 @@ class PartWriter(threading.Thread):
             "seq": self._seq,
             "contexts": {str(i): [list(p) for p in c] for i, c in contexts.items()},
             "records": rows,
+            "args": args,
             "iterations": timings,
         }
         return json.dumps(doc, separators=(",", ":")).encode()

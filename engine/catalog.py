@@ -1,0 +1,101 @@
+"""The DuckDB catalog: schema, and opening it safely.
+
+The catalog is derived entirely from the record files under the flor home, so an unreadable
+catalog is moved aside and rebuilt. Only one process may write a DuckDB file at a time: other
+processes wait for it (FLOR_CATALOG_TIMEOUT seconds, default 30) instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import duckdb
+
+from .errors import CatalogLockedError, IngestWarning
+
+SCHEMA_VERSION = "1"
+
+# Documented in docs/catalog.md; keep the two in step.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    projid VARCHAR, runid VARCHAR, tstamp TIMESTAMP PRIMARY KEY, vid VARCHAR, filename VARCHAR,
+    argv VARCHAR[], status VARCHAR, start_time TIMESTAMPTZ, end_time TIMESTAMPTZ,
+    error VARCHAR, pid BIGINT, hostname VARCHAR, run_dir VARCHAR
+);
+CREATE TABLE IF NOT EXISTS logs (
+    tstamp TIMESTAMP, ctx_id INTEGER, value_name VARCHAR, value_type VARCHAR,
+    value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT
+);
+CREATE TABLE IF NOT EXISTS contexts (
+    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, path VARCHAR
+);
+CREATE TABLE IF NOT EXISTS loops (
+    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, loop_name VARCHAR, iteration BIGINT
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, path VARCHAR, bytes BIGINT,
+    seconds DOUBLE, blocked_seconds DOUBLE, created TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS iterations (
+    tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, seconds DOUBLE, source VARCHAR
+);
+CREATE TABLE IF NOT EXISTS replays (
+    tstamp TIMESTAMP, replay_id VARCHAR, status VARCHAR, end_time TIMESTAMPTZ, error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS _ingested (
+    path VARCHAR PRIMARY KEY, size BIGINT, mtime DOUBLE, status VARCHAR, message VARCHAR
+);
+CREATE TABLE IF NOT EXISTS _sources (
+    dir VARCHAR PRIMARY KEY, tstamp TIMESTAMP, sealed BOOLEAN, replays_mtime DOUBLE
+);
+CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+"""
+
+USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays")
+
+
+def open_catalog(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the catalog at `path`, waiting while another process holds it."""
+    con = _connect_waiting(path, read_only)
+    if not read_only:
+        con.execute(SCHEMA)
+        con.execute(
+            "INSERT OR IGNORE INTO _meta VALUES ('schema_version', ?)", [SCHEMA_VERSION]
+        )
+    return con
+
+
+def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    timeout = float(os.environ.get("FLOR_CATALOG_TIMEOUT", "30"))
+    start, delay = time.monotonic(), 0.01
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                return _rebuild_unreadable(path, exc, read_only)
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise CatalogLockedError(str(path), waited) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:
+            return _rebuild_unreadable(path, exc, read_only)
+
+
+def _rebuild_unreadable(path: Path, exc: Exception, read_only: bool) -> duckdb.DuckDBPyConnection:
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    os.replace(path, aside)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    warnings.warn(
+        f"catalog {path} was unreadable ({str(exc).splitlines()[0][:120]}); moved it to "
+        f"{aside.name} and rebuilding it from the record files",
+        IngestWarning,
+        stacklevel=3,
+    )
+    return duckdb.connect(str(path), read_only=read_only)

@@ -1,0 +1,34 @@
+"""Errors raised by the engine. Every message names the problem and the fix in one line."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every engine error."""
+
+
+class ProjectNotFoundError(EngineError):
+    """The path holds no flor history (no `.flor/` directory)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"no flor history at {path}: run a training script that uses flor there first, "
+            "or pass the project directory"
+        )
+        self.path = path
+
+
+class CatalogLockedError(EngineError):
+    """Another process holds the catalog for writing longer than the wait allows."""
+
+    def __init__(self, path: str, waited: float) -> None:
+        super().__init__(
+            f"catalog {path} is busy in another process (waited {waited:.0f}s); close the other "
+            "florsql session or raise FLOR_CATALOG_TIMEOUT"
+        )
+        self.path = path
+        self.waited = waited
+
+
+class IngestWarning(UserWarning):
+    """A record file could not be ingested; the rest of the history stays usable."""

@@ -1,0 +1,50 @@
+"""Find a project's flor home (where runs record) from a directory inside it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ProjectNotFoundError
+
+CATALOG_NAME = "catalog.duckdb"
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path  # top of the git work tree (or the directory given, outside git)
+    home: Path  # the flor home: FLOR_HOME, else <root>/.flor
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / CATALOG_NAME
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+def locate_project(path: str | os.PathLike = ".") -> Project:
+    """The project at `path`: FLOR_HOME wins; else the git top-level's `.flor`."""
+    start = Path(path).expanduser().resolve()
+    if not start.exists():
+        raise ProjectNotFoundError(str(start))
+    root = _git_toplevel(start) or start
+    env = os.environ.get("FLOR_HOME")
+    home = Path(env).expanduser().resolve() if env else root / ".flor"
+    if not home.is_dir():
+        raise ProjectNotFoundError(str(root))
+    return Project(root=root, home=home)
+
+
+def _git_toplevel(start: Path) -> Path | None:
+    cwd = start if start.is_dir() else start.parent
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        return None
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None

@@ -1,0 +1,43 @@
+"""The PEP 249 exception hierarchy (as in CPython's sqlite3 and PyMySQL)."""
+
+from __future__ import annotations
+
+
+class Warning(Exception):  # noqa: A001  (the name PEP 249 requires)
+    """Important warnings, e.g. a record part that could not be ingested."""
+
+
+class Error(Exception):
+    """Base class of every florsql DB-API error."""
+
+
+class InterfaceError(Error):
+    """Misuse of the interface itself: a closed cursor or connection, fetch before execute."""
+
+
+class DatabaseError(Error):
+    """An error related to the catalog database."""
+
+
+class DataError(DatabaseError):
+    """A value could not be processed: a failed cast, division by zero, out of range."""
+
+
+class OperationalError(DatabaseError):
+    """The catalog could not be used: busy in another process, disk error, missing project."""
+
+
+class IntegrityError(DatabaseError):
+    """The relational integrity of the catalog would be violated."""
+
+
+class InternalError(DatabaseError):
+    """The engine hit an internal inconsistency."""
+
+
+class ProgrammingError(DatabaseError):
+    """Bad SQL: a syntax error, an unknown table or column, a wrong number of parameters."""
+
+
+class NotSupportedError(DatabaseError):
+    """A statement the catalog does not allow: florsql answers queries, it does not take writes."""
