@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from .errors import IngestWarning
-from .parts import PartError, read_part, rows_of_part
+from .parts import PartError, RowBatch, mark_ingested, read_part, rows_of_part
 from .project import Project
 from .status import derive_status, read_json
 
@@ -123,24 +123,24 @@ def _ingest_parts(con, home: Path, src: Path, tstamp: str, done: set[str],
         return
     ctx_map = dict(con.execute(
         "SELECT path, ctx_id FROM contexts WHERE tstamp = ?", [tstamp]).fetchall())
+    batch = RowBatch(tstamp=tstamp, source=source)
+    ingested: list[tuple] = []
     for part in new:
         rel = part.relative_to(home).as_posix()
         stat = part.stat()
         try:
-            doc = read_part(part)
-            batch = rows_of_part(doc, tstamp, source, ctx_map)
+            rows_of_part(read_part(part), batch, ctx_map)
         except PartError as exc:
             _warn(report, f"skipped corrupt record part {rel} ({exc}); other parts are "
                           "unaffected: restore or delete that file")
-            status, message = "corrupt", str(exc)
+            ingested.append((rel, stat.st_size, stat.st_mtime, "corrupt", str(exc)))
         else:
-            batch.insert_into(con)
             report.parts += 1
-            report.records += batch.count
-            status, message = "ok", None
-        con.execute("INSERT OR REPLACE INTO _ingested VALUES (?, ?, ?, ?, ?)",
-                    [rel, stat.st_size, stat.st_mtime, status, message])
+            ingested.append((rel, stat.st_size, stat.st_mtime, "ok", None))
         done.add(rel)
+    report.records += batch.count
+    batch.insert_into(con)
+    mark_ingested(con, ingested)
 
 
 def _ingest_checkpoints(con, home: Path, src: Path, tstamp: str, done: set[str]) -> None:
@@ -160,7 +160,7 @@ def _ingest_checkpoints(con, home: Path, src: Path, tstamp: str, done: set[str])
             [tstamp, doc["loop"], doc["iteration"], str(ckpt_dir / doc["file"]), doc["bytes"],
              doc["seconds"], doc["blocked_seconds"], doc["time"]],
         )
-        con.execute("INSERT OR REPLACE INTO _ingested VALUES (?, NULL, NULL, 'ok', NULL)", [rel])
+        mark_ingested(con, [(rel, None, None, "ok", None)])
         done.add(rel)
 
 

@@ -31,6 +31,13 @@ class RowBatch:
     iterations: list[tuple] = field(default_factory=list)
     source: str = "forward"
 
+    def extend(self, other: RowBatch) -> None:
+        for key, values in other.logs.items():
+            self.logs[key].extend(values)
+        self.contexts.extend(other.contexts)
+        self.loops.extend(other.loops)
+        self.iterations.extend(other.iterations)
+
     @property
     def count(self) -> int:
         return len(self.logs["ctx_id"])
@@ -71,20 +78,32 @@ def read_part(path: Path) -> dict:
     return doc
 
 
-def rows_of_part(doc: dict, tstamp: str, source: str, ctx_map: dict[str, int]) -> RowBatch:
-    """Rows of `doc`; new loop contexts get catalog ids and are added to `ctx_map`."""
+def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
+    """Add the rows of `doc` to `batch`, all or none; new loop contexts get catalog ids."""
+    staged = RowBatch(tstamp=batch.tstamp, source=batch.source)
+    known = dict(ctx_map)
     try:
-        batch = RowBatch(tstamp=tstamp, source=source)
-        local = {int(k): _catalog_ctx(batch, ctx_map, v) for k, v in doc["contexts"].items()}
+        local = {int(k): _catalog_ctx(staged, known, v) for k, v in doc["contexts"].items()}
         base = int(doc["seq"]) * _ORD_STRIDE
         for pos, (cid, name, value) in enumerate(doc["records"]):
-            _add_value(batch, local[cid], name, value, "log", base + pos)
+            _add_value(staged, local[cid], name, value, "log", base + pos)
         for pos, (name, value) in enumerate(doc.get("args", [])):
-            _add_value(batch, _catalog_ctx(batch, ctx_map, []), name, value, "arg", base - pos - 1)
-        batch.iterations = [(n, i, s, source) for n, i, s in doc.get("iterations", [])]
+            _add_value(staged, _catalog_ctx(staged, known, []), name, value, "arg", base - pos - 1)
+        staged.iterations = [(n, int(i), float(s), batch.source)
+                             for n, i, s in doc.get("iterations", [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise PartError(f"malformed records: {exc!r}"[:120]) from None
-    return batch
+    ctx_map.update(known)
+    batch.extend(staged)
+
+
+def mark_ingested(con: Any, rows: list[tuple]) -> None:
+    """Record ingested files (path, size, mtime, status, message) in one statement."""
+    if not rows:
+        return
+    cols = ["path", "size", "mtime", "status", "message"]
+    done_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})  # noqa: F841
+    con.execute("INSERT OR REPLACE INTO _ingested SELECT * FROM done_batch")
 
 
 def _catalog_ctx(batch: RowBatch, ctx_map: dict[str, int], dims: list) -> int:

@@ -1,0 +1,74 @@
+"""Shared fixtures: real git repos in tmp dirs, real training subprocesses, real catalogs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "user@example.com",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "user@example.com",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
+                         env={**os.environ, **GIT_ENV})
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str]) -> Path:
+    """A git repo at `path` whose first commit holds `files`."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "first")
+    return path
+
+
+def run_script(repo: Path, script: str, *args: str, env: dict[str, str] | None = None,
+               check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `script` in `repo` with this interpreter (so `import flor` resolves)."""
+    full_env = {**os.environ, "FLOR_FLUSH_SECONDS": "0.2", **(env or {})}
+    proc = subprocess.run([sys.executable, script, *args], cwd=repo, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def train_repo(tmp_path: Path) -> Path:
+    """A repo holding the example training script, committed on branch main."""
+    return make_repo(tmp_path / "proj", {"train.py": (EXAMPLES / "train.py").read_text()})
+
+
+@pytest.fixture
+def script_repo(tmp_path: Path) -> Callable[[str], Path]:
+    """Make a repo holding one script `train.py` with the given source."""
+
+    def make(source: str) -> Path:
+        return make_repo(tmp_path / "proj", {"train.py": source})
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_flor_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FLOR_HOME", "FLOR_RUN", "FLOR_REPLAY", "FLOR_CHECKPOINT_EVERY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def copy_example(repo: Path, name: str = "train.py") -> None:
+    shutil.copy(EXAMPLES / "train.py", repo / name)

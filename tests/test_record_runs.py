@@ -1,0 +1,125 @@
+"""Runs of a real torch script land in the catalog with the right identity, args and values."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import florsql
+from conftest import git, run_script
+
+
+def _user_state(repo: Path) -> dict[str, str]:
+    """Everything flor must never change in the user's repo."""
+    return {
+        "head": git(repo, "rev-parse", "HEAD"),
+        "branch": git(repo, "symbolic-ref", "HEAD"),
+        "branches": git(repo, "for-each-ref", "refs/heads", "refs/tags"),
+        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
+        "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
+        "staged": git(repo, "diff", "--cached"),
+        "log": git(repo, "log", "--branches", "--tags", "--format=%H"),
+    }
+
+
+def test_three_runs_land_with_their_args_loop_dims_and_values(train_repo: Path) -> None:
+    before = _user_state(train_repo)
+    settings = [("lr=0.1", "hidden=8"), ("lr=0.01", "hidden=16"), ("lr=0.05", "hidden=4")]
+    for i, kwargs in enumerate(settings):
+        run_script(train_repo, "train.py", "--flor", f"run{i}", "--kwargs", "epochs=3", *kwargs)
+    with florsql.connect(train_repo) as conn:
+        runs = conn.execute("SELECT runid, status, filename, projid FROM runs ORDER BY tstamp")
+        assert runs.fetchall() == [(f"run{i}", "finished", "train.py", "proj") for i in range(3)]
+        args = conn.execute(
+            "SELECT r.runid, l.value_name, l.value_num FROM logs l JOIN runs r USING (tstamp) "
+            "WHERE l.kind = 'arg' AND l.value_name IN ('lr', 'hidden') ORDER BY 1, 2").fetchall()
+        assert args == [("run0", "hidden", 8.0), ("run0", "lr", 0.1),
+                        ("run1", "hidden", 16.0), ("run1", "lr", 0.01),
+                        ("run2", "hidden", 4.0), ("run2", "lr", 0.05)]
+        dims = conn.execute(
+            "SELECT DISTINCT depth, loop_name FROM loops ORDER BY 1").fetchall()
+        assert dims == [(0, "epoch"), (1, "step")]
+        per_run = conn.execute(
+            "SELECT r.runid, count(*) FILTER (WHERE value_name = 'loss'), "
+            "count(*) FILTER (WHERE value_name = 'accuracy') FROM logs JOIN runs r USING (tstamp) "
+            "GROUP BY 1 ORDER BY 1").fetchall()
+        # 448 training rows / batch 32 = 14 steps per epoch, 3 epochs; accuracy once per epoch
+        assert per_run == [(f"run{i}", 42, 3) for i in range(3)]
+    assert _user_state(train_repo) == before
+
+
+def test_logged_values_equal_what_the_script_printed(train_repo: Path) -> None:
+    proc = run_script(train_repo, "train.py", "--kwargs", "epochs=2")
+    printed = [float(line.split("accuracy ")[1]) for line in proc.stdout.splitlines()]
+    with florsql.connect(train_repo) as conn:
+        rows = conn.execute(
+            "SELECT lp.iteration, l.value_num FROM logs l JOIN loops lp USING (tstamp, ctx_id) "
+            "WHERE l.value_name = 'accuracy' AND lp.depth = 0 ORDER BY 1").fetchall()
+    assert [it for it, _ in rows] == [0, 1]
+    assert [round(v, 3) for _, v in rows] == printed
+
+
+def test_a_code_change_gives_a_new_vid_and_same_code_the_same_vid(train_repo: Path) -> None:
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1")
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1")
+    (train_repo / "train.py").write_text(
+        (train_repo / "train.py").read_text().replace("momentum=0.9", "momentum=0.8"))
+    before = _user_state(train_repo)
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1")
+    with florsql.connect(train_repo) as conn:
+        vids = [v for (v,) in conn.execute("SELECT vid FROM runs ORDER BY tstamp").fetchall()]
+    assert vids[0] == vids[1] != vids[2]
+    assert _user_state(train_repo) == before  # uncommitted edit stays uncommitted
+    snapshot = git(train_repo, "show", f"{vids[2]}:train.py")
+    assert "momentum=0.8" in snapshot
+    assert git(train_repo, "rev-parse", f"refs/flor/snapshots/{vids[2]}") == vids[2]
+
+
+def test_runid_comes_from_flor_flag_env_or_a_generated_name(train_repo: Path) -> None:
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1", env={"FLOR_RUN": "from-env"})
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1")
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1", "--flor", "from-env")
+    with florsql.connect(train_repo) as conn:
+        ids = [r for (r,) in conn.execute("SELECT runid FROM runs ORDER BY tstamp").fetchall()]
+        tstamps = conn.execute("SELECT count(DISTINCT tstamp) FROM runs").fetchone()
+    assert ids[0] == ids[2] == "from-env"  # names may repeat; tstamps tell runs apart
+    assert ids[1] and "-" in ids[1]
+    assert tstamps == (3,)
+
+
+def test_a_script_that_only_imports_flor_is_not_a_run(script_repo) -> None:
+    repo = script_repo("import flor\nprint('hello')\n")
+    proc = run_script(repo, "train.py")
+    assert proc.stdout == "hello\n"
+    assert not (repo / ".flor").exists()
+
+
+def test_an_exception_in_the_script_marks_the_run_failed(script_repo) -> None:
+    repo = script_repo(
+        "import flor\n"
+        "for e in flor.loop('epoch', range(3)):\n"
+        "    flor.log('x', e)\n"
+        "    if e == 1:\n"
+        "        raise RuntimeError('boom')\n")
+    proc = run_script(repo, "train.py", check=False)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
+    with florsql.connect(repo) as conn:
+        status, error = conn.execute("SELECT status, error FROM runs").fetchone()
+        xs = conn.execute("SELECT value_num FROM logs WHERE value_name='x' ORDER BY ord")
+        assert xs.fetchall() == [(0.0,), (1.0,)]
+    assert status == "failed" and "boom" in error
+
+
+def test_unnamed_loops_are_named_by_depth(script_repo) -> None:
+    repo = script_repo(
+        "from flor import MTK as Flor\nimport flor\n"
+        "for e in Flor.loop(range(2)):\n"
+        "    for s in Flor.loop(range(2)):\n"
+        "        for k in Flor.loop(iter([7, 8])):\n"
+        "            flor.log('v', k)\n")
+    run_script(repo, "train.py")
+    with florsql.connect(repo) as conn:
+        names = conn.execute("SELECT DISTINCT depth, loop_name FROM loops ORDER BY 1").fetchall()
+        paths = conn.execute("SELECT count(DISTINCT path) FROM contexts WHERE depth = 3").fetchone()
+    assert names == [(0, "epoch"), (1, "step"), (2, "loop2")]
+    assert paths == (8,)
