@@ -77,6 +77,19 @@ def test_sigterm_flushes_and_marks_the_run_killed(tmp_path: Path) -> None:
     assert n > 50  # the partial second epoch was flushed on the way out, not only epoch 0
 
 
+def test_ctrl_c_flushes_and_marks_the_run_killed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SLOW_SCRIPT})
+    proc = _start(repo)
+    _wait_for_line(proc, "start 1")
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    assert "KeyboardInterrupt" in proc.stderr.read()
+    with florsql.connect(repo) as conn:
+        status, = conn.execute("SELECT status FROM runs").fetchone()
+        n = conn.execute("SELECT count(*) FROM logs WHERE value_name = 'loss'").fetchone()[0]
+    assert status == "killed" and n >= 50
+
+
 def test_eight_runs_recording_while_queries_run_lose_nothing(tmp_path: Path) -> None:
     fast = SLOW_SCRIPT.replace("time.sleep(0.01)", "time.sleep(0.004)")
     repo = make_repo(tmp_path / "proj", {"train.py": fast})

@@ -113,8 +113,10 @@ def test_an_exception_in_the_script_marks_the_run_failed(script_repo) -> None:
 def test_unnamed_loops_are_named_by_depth(script_repo) -> None:
     repo = script_repo(
         "from flor import MTK as Flor\nimport flor\n"
+        "def batches():\n"
+        "    yield from 'ab'\n"
         "for e in Flor.loop(range(2)):\n"
-        "    for s in Flor.loop(range(2)):\n"
+        "    for s, b in Flor.loop(enumerate(batches())):\n"
         "        for k in Flor.loop(iter([7, 8])):\n"
         "            flor.log('v', k)\n")
     run_script(repo, "train.py")

@@ -1,0 +1,74 @@
+"""The demo: train the example script a few times in a scratch git repo, then query the history.
+
+    python -m florsql.demo [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .dbapi import Connection
+from .formatting import format_rows
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+RUNS = [
+    ("baseline", ["--kwargs", "lr=0.01", "hidden=16"]),
+    ("fasterLR", ["--kwargs", "lr=0.05", "hidden=16"]),
+    ("smallerModel", ["--kwargs", "lr=0.05", "hidden=4"]),
+]
+QUERY = """\
+SELECT r.runid, left(r.vid, 8) AS vid, r.status,
+       max(l.value_num) FILTER (WHERE l.value_name = 'lr') AS lr,
+       max(l.value_num) FILTER (WHERE l.value_name = 'hidden') AS hidden,
+       arg_max(l.value_num, lp.iteration) FILTER (WHERE l.value_name = 'accuracy')
+           AS final_accuracy
+FROM runs r
+JOIN logs l USING (tstamp)
+LEFT JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0
+GROUP BY r.runid, r.vid, r.status, r.tstamp
+ORDER BY r.tstamp"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m florsql.demo", description=__doc__)
+    parser.add_argument("--dir", help="where to make the scratch repo (default: a temp dir)")
+    args = parser.parse_args(argv)
+    repo = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="florsql-demo-"))
+    _make_repo(repo)
+    for runid, kwargs in RUNS:
+        _train(repo, runid, kwargs)
+    script = repo / "train.py"
+    script.write_text(script.read_text().replace("momentum=0.9", "momentum=0.5"))
+    print("\n# edited train.py (momentum 0.9 -> 0.5), not committed: a new code version")
+    _train(repo, "lowMomentum", ["--kwargs", "lr=0.05", "hidden=16"])
+    print(f"\n# florsql -c <query> {repo}\n{QUERY};\n")
+    with Connection(str(repo)) as conn:
+        cur = conn.execute(QUERY)
+        print(format_rows([d[0] for d in cur.description], cur.fetchall()))
+    print(f"\nTry: florsql -c \"SELECT * FROM runs\" {repo}")
+    return 0
+
+
+def _make_repo(repo: Path) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE, repo / "train.py")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
+    for cmd in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "example script"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
+    print(f"# scratch repo: {repo}")
+
+
+def _train(repo: Path, runid: str, kwargs: list[str]) -> None:
+    print(f"\n# python train.py --flor {runid} {' '.join(kwargs)}")
+    subprocess.run([sys.executable, "train.py", "--flor", runid, *kwargs], cwd=repo, check=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
