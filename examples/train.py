@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, default=0, help="the script's own flag, beside flor's")
-cli = parser.parse_args()
+cli, _ = parser.parse_known_args()  # leaves FlorDB-2 style `--hidden 75` to flor.arg
 torch.manual_seed(cli.seed)
 
 hidden = flor.arg("hidden", 16)
@@ -40,4 +40,5 @@ with flor.checkpointing(model=model, optimizer=optimizer):
         with torch.no_grad():
             x, y = valid.tensors
             accuracy = ((model(x) > 0).float() == y).float().mean().item()
-        print(f"epoch {epoch}: loss {loss.item():.4f} accuracy {flor.log('accuracy', accuracy):.3f}")
+        flor.log("accuracy", accuracy)
+        print(f"epoch {epoch}: loss {loss.item():.4f} accuracy {accuracy:.3f}")

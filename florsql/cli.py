@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sql = _sql_from(args)
+    try:
+        sql = _sql_from(args)
+    except OSError as e:
+        print(f"florsql: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     if sql is None:
         print("florsql: give a query with -c SQL, -f FILE.sql or on standard input",
               file=sys.stderr)

@@ -109,9 +109,14 @@ class Cursor:
         self.connection.messages.clear()
         con = self.connection._con
         _check_read_only(con, sql)
+        self._end_transaction()
+        self._result = con.cursor()
         try:
-            self._result = con.cursor().execute(sql, parameters)
+            # The safety net under _check_read_only: EXPLAIN ANALYZE <write> and the like.
+            self._result.execute("BEGIN TRANSACTION READ ONLY")
+            self._result.execute(sql, parameters)
         except duckdb.Error as e:
+            self._end_transaction()
             raise _translate(e) from None
         self.description = _describe(self._result.description)
         self.rowcount = -1
@@ -138,7 +143,9 @@ class Cursor:
 
     def arrow(self) -> Any:
         """The remaining rows as a pyarrow Table."""
-        return self._fetch(lambda r: r.fetch_arrow_table())
+        with warnings.catch_warnings():  # DuckDB notes the copy; a DB-API cursor must make it
+            warnings.simplefilter("ignore")
+            return self._fetch(lambda r: r.to_arrow_table())
 
     def setinputsizes(self, sizes: Any) -> None:
         """No-op, as PEP 249 allows."""
@@ -147,8 +154,8 @@ class Cursor:
         """No-op, as PEP 249 allows."""
 
     def close(self) -> None:
+        self._end_transaction()
         self._closed = True
-        self._result = None
 
     def __iter__(self) -> Iterator[tuple]:
         while (row := self.fetchone()) is not None:
@@ -159,6 +166,15 @@ class Cursor:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    def _end_transaction(self) -> None:
+        if self._result is not None:
+            try:
+                self._result.execute("COMMIT")
+            except duckdb.Error:
+                pass  # already ended by a failed statement
+            self._result.close()
+            self._result = None
 
     def _fetch(self, take: Any) -> Any:
         self._check_open()
@@ -207,6 +223,10 @@ def _translate(error: duckdb.Error) -> exc.Error:
     if isinstance(error, (duckdb.ParserException, duckdb.BinderException,
                           duckdb.CatalogException, duckdb.ProgrammingError)):
         return exc.ProgrammingError(message)
+    if isinstance(error, duckdb.TransactionException) and "read-only" in message:
+        return exc.NotSupportedError(
+            "writes are not allowed: the catalog is rebuilt from the record files, so florsql "
+            "answers queries only (record new values with flor.log)")
     if isinstance(error, duckdb.IOException):
         return exc.OperationalError(message)
     if isinstance(error, duckdb.InternalException):

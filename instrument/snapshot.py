@@ -92,7 +92,7 @@ def _add_untracked(repo_root: Path, env: dict[str, str]) -> None:
         )
     if keep:
         _git(
-            ["add", "--pathspec-from-file=-", "--pathspec-file-nul"],
+            ["--literal-pathspecs", "add", "--pathspec-from-file=-", "--pathspec-file-nul"],
             cwd=repo_root,
             env=env,
             stdin="\0".join(keep),

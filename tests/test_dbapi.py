@@ -97,7 +97,7 @@ def test_connect_on_a_git_repo_that_never_ran_flor_is_an_operational_error(
         florsql.connect(repo / ".")
 
 
-def test_connect_from_a_subdirectory_finds_the_project(project: Path, tmp_path: Path) -> None:
+def test_connect_from_a_subdirectory_finds_the_project(project: Path) -> None:
     sub = project / "sub"
     sub.mkdir(exist_ok=True)
     with florsql.connect(sub) as c:

@@ -64,6 +64,7 @@ class Plan:
     train_epochs: int = 5
     train_steps: int = 2_000
     train_reps: int = 5
+    paired_blocks: int = 10  # in-process plain/flor block pairs of one epoch each
     small_saves: int = 20
     large_saves: int = 5
     large_layers: int = 3  # nn.Linear(4096, 4096) each: 3 layers = 50.3M float32 params
@@ -71,8 +72,8 @@ class Plan:
 
 QUICK = Plan(
     log_calls=20_000, flordb_log_calls=2_000, loop_iters=2_000, flordb_loop_iters=500,
-    log_reps=1, train_epochs=2, train_steps=300, train_reps=2, small_saves=5, large_saves=2,
-    large_layers=1,
+    log_reps=1, train_epochs=2, train_steps=300, train_reps=2, paired_blocks=3, small_saves=5,
+    large_saves=2, large_layers=1,
 )
 
 
@@ -210,6 +211,29 @@ def work_train(flor: Any, cfg: dict) -> dict:
     return {"loop_s": time.perf_counter() - t0}
 
 
+def work_paired(flor: Any, cfg: dict) -> dict:
+    """Alternate plain and flor-instrumented epochs in one process; time each block.
+
+    Process-to-process variation on a shared 2-core machine is several times the 2% target,
+    so pairs of adjacent blocks, alternating which goes first, resolve it far better.
+    """
+    torch = torch_setup()
+    steps = cfg["steps"]
+    model, opt, xs, ys = make_mlp(torch, steps)
+    train_plain(model, opt, xs, ys, 1, min(steps, 200))
+    flor.arg("lr", 0.01)
+    times: dict[str, list[float]] = {"plain": [], "flor": []}
+    for block in range(cfg["blocks"]):
+        for which in ("plain", "flor") if block % 2 == 0 else ("flor", "plain"):
+            t0 = time.perf_counter()
+            if which == "plain":
+                train_plain(model, opt, xs, ys, 1, steps)
+            else:
+                train_flor(flor, model, opt, xs, ys, 1, steps)
+            times[which].append(time.perf_counter() - t0)
+    return times
+
+
 def make_ckpt_model(torch: Any, size: str, layers: int) -> tuple[Any, Callable[[], None]]:
     """A model with populated Adam state, and a function doing one training step."""
     nn = torch.nn
@@ -271,6 +295,7 @@ def work_ckpt(flor: Any, cfg: dict) -> dict:
 WORKLOADS: dict[str, Callable[[Any, dict], dict]] = {
     "logcall": work_logcall,
     "train": work_train,
+    "paired": work_paired,
     "ckpt": work_ckpt,
 }
 
@@ -446,6 +471,21 @@ def paired_overhead(variant: list[float], base: list[float]) -> dict:
             "per_rep": ratios}
 
 
+def bench_paired(env: Env, plan: Plan) -> dict:
+    """Per-step logging overhead from in-process alternating plain/flor epochs."""
+    impls = [("florsql", env.main_py, env.florsql_repo)]
+    if env.flordb_py:
+        impls.append(("flordb", env.flordb_py, env.flordb_repo))
+    out: dict[str, Any] = {"steps_per_block": plan.train_steps, "blocks": plan.paired_blocks}
+    for impl, py, repo in impls:
+        log(f"in-process paired training overhead: {impl}, {plan.paired_blocks} block pairs")
+        cfg = {"workload": "paired", "impl": impl, "steps": plan.train_steps,
+               "blocks": plan.paired_blocks}
+        res = run_worker(py, repo, cfg)
+        out[impl] = {**res, **paired_overhead(res["flor"], res["plain"])}
+    return out
+
+
 def newest_run(repo: Path, before: set[Path]) -> Path:
     runs = set((repo / ".flor" / "runs").iterdir()) - before
     if len(runs) != 1:
@@ -508,19 +548,25 @@ def log_lines(lc: dict) -> list[str]:
     ]
 
 
-def train_lines(tr: dict) -> list[str]:
-    ov = tr["overhead"]
-    ovf = ov["florsql"]["paired_median"]
+def train_lines(pa: dict, tr: dict) -> list[str]:
+    ovf = pa["florsql"]["paired_median"]
     line = (f"per-step logging overhead: florsql {ovf:+.1%} "
             f"(target <=2%: {verdict(ovf <= TARGET_OVERHEAD)})")
+    if "flordb" in pa:
+        line += f" | FlorDB {FLORDB_VERSION} {pa['flordb']['paired_median']:+.1%}"
+    ov = tr["overhead"]
+    sub = f"florsql {ov['florsql']['paired_median']:+.1%}"
     if "flordb" in ov:
-        line += f" | FlorDB {FLORDB_VERSION} {ov['flordb']['paired_median']:+.1%}"
+        sub += f" | FlorDB {FLORDB_VERSION} {ov['flordb']['paired_median']:+.1%}"
     secs = " | ".join(f"{k} {v:.3f}" for k, v in tr["median_s"].items())
+    plain_s = tr["seconds"]["plain"]
     return [
-        line,
-        f"  florsql + flor.checkpointing (adaptive): {ov['florsql+ckpt']['paired_median']:+.1%}",
-        f"  loop seconds, {tr['epochs']}x{tr['steps']} steps, median of "
-        f"{len(tr['seconds']['plain'])}: {secs}",
+        f"{line}   [in-process, {pa['blocks']} alternating block pairs of "
+        f"{pa['steps_per_block']} steps]",
+        f"  one subprocess per variant ({len(plain_s)} reps, {tr['epochs']}x{tr['steps']} steps):"
+        f" {sub} | florsql+checkpointing {ov['florsql+ckpt']['paired_median']:+.1%}",
+        f"  subprocess loop seconds (median): {secs}; plain spread "
+        f"{min(plain_s):.2f}-{max(plain_s):.2f} s",
     ]
 
 
@@ -543,7 +589,8 @@ def format_table(results: dict) -> str:
     head = (f"florsql recording benchmark ({results['mode']} mode, medians, {m['cpus']} CPUs, "
             f"python {m['python']})")
     return "\n".join([head, "-" * 92, *log_lines(results["logcall"]),
-                      *train_lines(results["train"]), *ckpt_lines(results["ckpt"])])
+                      *train_lines(results["paired"], results["train"]),
+                      *ckpt_lines(results["ckpt"])])
 
 
 def machine_info() -> dict:
@@ -571,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: dict[str, Any] = {"mode": "quick" if args.quick else "full",
                                    "plan": asdict(plan), "machine": machine_info()}
         results["logcall"] = bench_logcall(env, plan)
+        results["paired"] = bench_paired(env, plan)
         results["train"] = bench_train(env, plan)
         results["ckpt"] = bench_ckpt(env, plan)
     finally:
