@@ -17,7 +17,8 @@ def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str 
     if fmt == "csv":
         return _csv(columns, rows)
     if fmt == "json":
-        return json.dumps([dict(zip(columns, map(_jsonable, r))) for r in rows], indent=1)
+        records = [dict(zip(columns, map(_jsonable, r), strict=True)) for r in rows]
+        return json.dumps(records, indent=1)
     if fmt == "markdown":
         return _markdown(columns, rows)
     return _table(columns, rows)
@@ -39,7 +40,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     def line(values: Sequence[str]) -> str:
         return " | ".join(v.rjust(w) if num else v.ljust(w)
-                          for v, w, num in zip(values, widths, numeric)).rstrip()
+                          for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
 
     sep = "-+-".join("-" * w for w in widths)
     body = [line(r) for r in cells]

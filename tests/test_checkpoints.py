@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import florsql
 from conftest import run_script
+
+import florsql
 
 ADAPTIVE = """
 import time, torch, flor

@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-import florsql
 from conftest import make_repo
+
+import florsql
 
 SLOW_SCRIPT = """
 import sys, time

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import florsql
 from conftest import git, run_script
+
+import florsql
 
 
 def _user_state(repo: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Exact resume: the checkpoint saved at the start of epoch k, replayed, gives bit-identical values."""
+"""Exact resume: restoring epoch k's checkpoint and running epoch k gives bit-identical values."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 import florsql
-from conftest import run_script
 
 STEP_LOSSES = (
     "SELECT lp.iteration AS epoch, st.iteration AS step, l.value_text FROM logs l "
