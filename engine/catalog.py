@@ -16,7 +16,7 @@ import duckdb
 
 from .errors import CatalogLockedError, IngestWarning
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS logs (
     value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT
 );
 CREATE TABLE IF NOT EXISTS contexts (
-    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, path VARCHAR
+    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, path VARCHAR, parent_id INTEGER,
+    loop_name VARCHAR, iteration BIGINT
 );
 CREATE TABLE IF NOT EXISTS loops (
     tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, loop_name VARCHAR, iteration BIGINT
@@ -61,11 +62,23 @@ def open_catalog(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnecti
     """Open (creating if needed) the catalog at `path`, waiting while another process holds it."""
     con = _connect_waiting(path, read_only)
     if not read_only:
-        con.execute(SCHEMA)
-        con.execute(
-            "INSERT OR IGNORE INTO _meta VALUES ('schema_version', ?)", [SCHEMA_VERSION]
-        )
+        _ensure_schema(con)
     return con
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables; a catalog of another schema version is dropped and re-ingested."""
+    try:
+        row = con.execute("SELECT value FROM _meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        row = None
+    if row is not None and row[0] != SCHEMA_VERSION:
+        tables = con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
+        for (name,) in tables:
+            con.execute(f'DROP TABLE "{name}"')
+    con.execute(SCHEMA)
+    con.execute("INSERT OR IGNORE INTO _meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
 
 
 def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:

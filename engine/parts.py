@@ -51,7 +51,8 @@ class RowBatch:
                 "value_num, value_text, kind, ?, ord FROM logs_batch",
                 [self.tstamp, self.source],
             )
-        _append(con, "contexts", ["ctx_id", "depth", "path"], self.tstamp, self.contexts)
+        _append(con, "contexts", ["ctx_id", "depth", "path", "parent_id", "loop_name", "iteration"],
+                self.tstamp, self.contexts)
         _append(con, "loops", ["ctx_id", "depth", "loop_name", "iteration"], self.tstamp,
                 self.loops)
         _append(con, "iterations", ["loop_name", "iteration", "seconds", "source"], self.tstamp,
@@ -107,11 +108,14 @@ def mark_ingested(con: Any, rows: list[tuple]) -> None:
 
 
 def _catalog_ctx(batch: RowBatch, ctx_map: dict[str, int], dims: list) -> int:
+    """The catalog id of the context `dims`, creating it and its missing ancestors."""
     path = "/".join(f"{name}={i}" for name, i in dims)
     ctx_id = ctx_map.get(path)
     if ctx_id is None:
+        parent = _catalog_ctx(batch, ctx_map, dims[:-1]) if dims else None
+        name, iteration = dims[-1] if dims else (None, None)
         ctx_id = ctx_map[path] = len(ctx_map)
-        batch.contexts.append((ctx_id, len(dims), path))
+        batch.contexts.append((ctx_id, len(dims), path, parent, name, iteration))
         batch.loops.extend((ctx_id, d, n, i) for d, (n, i) in enumerate(dims))
     return ctx_id
 
