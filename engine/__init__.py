@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from .catalog import USER_TABLES, open_catalog
-from .errors import CatalogLockedError, EngineError, IngestWarning, ProjectNotFoundError
+from .catalog_session import CatalogSession
+from .errors import (
+    CatalogLockedError,
+    EngineError,
+    IngestWarning,
+    ProjectNotFoundError,
+    UnknownColumnError,
+)
 from .ingest import IngestReport, ingest_project
 from .project import Project, locate_project
 
 __all__ = [
     "USER_TABLES",
+    "CatalogSession",
+    "UnknownColumnError",
     "CatalogLockedError",
     "EngineError",
     "IngestReport",

@@ -16,7 +16,7 @@ import duckdb
 
 from .errors import CatalogLockedError, IngestWarning
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "4"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error VARCHAR, pid BIGINT, hostname VARCHAR, run_dir VARCHAR
 );
 CREATE TABLE IF NOT EXISTS logs (
-    tstamp TIMESTAMP, ctx_id INTEGER, value_name VARCHAR, value_type VARCHAR,
+    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, value_name VARCHAR, value_type VARCHAR,
     value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT
 );
 CREATE TABLE IF NOT EXISTS contexts (
@@ -53,9 +53,20 @@ CREATE TABLE IF NOT EXISTS _sources (
     dir VARCHAR PRIMARY KEY, tstamp TIMESTAMP, sealed BOOLEAN, replays_mtime DOUBLE
 );
 CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS _name_depths (
+    name_key VARCHAR, value_name VARCHAR, depth INTEGER, kind VARCHAR, records BIGINT,
+    contexts BIGINT, runs BIGINT, types VARCHAR[]
+);
+CREATE TABLE IF NOT EXISTS _loop_dims (loop_name VARCHAR, depth INTEGER);
+CREATE OR REPLACE VIEW names AS
+SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
+       max(depth) AS depth, sum(records) AS records, max(runs) AS runs,
+       list_sort(flatten(list(types))) AS value_types
+FROM _name_depths GROUP BY value_name;
 """
 
-USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays")
+USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
+               "names")
 
 
 def open_catalog(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:

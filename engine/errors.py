@@ -32,3 +32,17 @@ class CatalogLockedError(EngineError):
 
 class IngestWarning(UserWarning):
     """A record file could not be ingested; the rest of the history stays usable."""
+
+
+class UnknownColumnError(EngineError):
+    """A query names a column that no table (and no logged name) has."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        import difflib
+
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=3)]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see .names or .schema"
+        super().__init__(f"unknown column {name!r}{hint}")
+        self.name = name
+        self.closest = close

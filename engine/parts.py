@@ -24,8 +24,8 @@ class RowBatch:
 
     tstamp: str
     logs: dict[str, list] = field(default_factory=lambda: {
-        k: [] for k in ("ctx_id", "value_name", "value_type", "value_num", "value_text",
-                        "kind", "ord")})
+        k: [] for k in ("ctx_id", "depth", "value_name", "value_type", "value_num",
+                        "value_text", "kind", "ord")})
     contexts: list[tuple] = field(default_factory=list)
     loops: list[tuple] = field(default_factory=list)
     iterations: list[tuple] = field(default_factory=list)
@@ -47,8 +47,8 @@ class RowBatch:
         if self.count:
             logs_batch = pa.table(self.logs)  # noqa: F841  (read by DuckDB's replacement scan)
             con.execute(
-                "INSERT INTO logs SELECT CAST(? AS TIMESTAMP), ctx_id, value_name, value_type, "
-                "value_num, value_text, kind, ?, ord FROM logs_batch",
+                "INSERT INTO logs SELECT CAST(? AS TIMESTAMP), ctx_id, depth, value_name, "
+                "value_type, value_num, value_text, kind, ?, ord FROM logs_batch",
                 [self.tstamp, self.source],
             )
         _append(con, "contexts", ["ctx_id", "depth", "path", "parent_id", "loop_name", "iteration"],
@@ -84,12 +84,14 @@ def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
     staged = RowBatch(tstamp=batch.tstamp, source=batch.source)
     known = dict(ctx_map)
     try:
-        local = {int(k): _catalog_ctx(staged, known, v) for k, v in doc["contexts"].items()}
+        local = {int(k): (_catalog_ctx(staged, known, v), len(v))
+                 for k, v in doc["contexts"].items()}
         base = int(doc["seq"]) * _ORD_STRIDE
         for pos, (cid, name, value) in enumerate(doc["records"]):
-            _add_value(staged, local[cid], name, value, "log", base + pos)
+            _add_value(staged, *local[cid], name, value, "log", base + pos)
+        run_level = _catalog_ctx(staged, known, [])
         for pos, (name, value) in enumerate(doc.get("args", [])):
-            _add_value(staged, _catalog_ctx(staged, known, []), name, value, "arg", base - pos - 1)
+            _add_value(staged, run_level, 0, name, value, "arg", base - pos - 1)
         staged.iterations = [(n, int(i), float(s), batch.source)
                              for n, i, s in doc.get("iterations", [])]
     except (KeyError, TypeError, ValueError) as exc:
@@ -120,9 +122,11 @@ def _catalog_ctx(batch: RowBatch, ctx_map: dict[str, int], dims: list) -> int:
     return ctx_id
 
 
-def _add_value(batch: RowBatch, ctx_id: int, name: str, value: Any, kind: str, ord_: int) -> None:
+def _add_value(batch: RowBatch, ctx_id: int, depth: int, name: str, value: Any, kind: str,
+               ord_: int) -> None:
     logs = batch.logs
     logs["ctx_id"].append(ctx_id)
+    logs["depth"].append(depth)
     logs["value_name"].append(name)
     logs["kind"].append(kind)
     logs["ord"].append(ord_)

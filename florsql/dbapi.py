@@ -15,14 +15,9 @@ from typing import Any
 import duckdb
 
 from . import exceptions as exc
-from .engine import (
-    EngineError,
-    IngestReport,
-    ProjectNotFoundError,
-    ingest_project,
-    locate_project,
-    open_catalog,
-)
+from .engine import CatalogSession, EngineError, IngestReport, UnknownColumnError
+from .engine.catalog import USER_TABLES
+from .engine.rewrite import closest
 
 # The catalog is derived from record files: statements that change it would be lost or corrupt it.
 _ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET"}
@@ -33,12 +28,11 @@ class Connection:
 
     def __init__(self, path: str = ".") -> None:
         try:
-            self.project = locate_project(path)
-            self._con = open_catalog(self.project.catalog_path)
-        except ProjectNotFoundError as e:
-            raise exc.OperationalError(str(e)) from None
+            self.session = CatalogSession(path)
         except EngineError as e:
             raise exc.OperationalError(str(e)) from None
+        self.project = self.session.project
+        self._con = self.session.con
         self.messages: list[tuple[type, str]] = []
         self._closed = False
 
@@ -55,7 +49,7 @@ class Connection:
         self._check_open()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = ingest_project(self._con, self.project)
+            report = self.session.refresh()
         for w in caught:
             self.messages.append((exc.Warning, str(w.message)))
             warnings.warn(str(w.message), w.category, stacklevel=3)
@@ -107,14 +101,21 @@ class Cursor:
         self.connection.refresh()
         self.messages = list(self.connection.messages)
         self.connection.messages.clear()
-        con = self.connection._con
-        _check_read_only(con, sql)
-        self._end_transaction()
-        self._result = con.cursor()
+        session = self.connection.session
+        _check_read_only(session.con, sql)
         try:
+            prepared = session.prepare(sql)
+        except UnknownColumnError as e:
+            raise exc.ProgrammingError(str(e)) from None
+        self._end_transaction()
+        self._result = session.con.cursor()
+        try:
+            if prepared.needs_full_view:  # sqlglot could not rewrite it: a temp view does
+                self._result.execute(
+                    f"CREATE OR REPLACE TEMP VIEW history AS {session.full_history_sql()}")
             # The safety net under _check_read_only: EXPLAIN ANALYZE <write> and the like.
             self._result.execute("BEGIN TRANSACTION READ ONLY")
-            self._result.execute(sql, parameters)
+            self._result.execute(prepared.sql, parameters)
         except duckdb.Error as e:
             self._end_transaction()
             raise _translate(e) from None
@@ -220,6 +221,8 @@ def _translate(error: duckdb.Error) -> exc.Error:
         return exc.DataError(message)
     if isinstance(error, duckdb.InvalidInputException) and "parameter" in message.lower():
         return exc.ProgrammingError(message)
+    if isinstance(error, duckdb.CatalogException) and "does not exist" in message:
+        return exc.ProgrammingError(_unknown_table(message))
     if isinstance(error, (duckdb.ParserException, duckdb.BinderException,
                           duckdb.CatalogException, duckdb.ProgrammingError)):
         return exc.ProgrammingError(message)
@@ -234,6 +237,18 @@ def _translate(error: duckdb.Error) -> exc.Error:
     if isinstance(error, duckdb.ConstraintException):
         return exc.IntegrityError(message)
     return exc.DatabaseError(message)
+
+
+def _unknown_table(message: str) -> str:
+    import re
+
+    found = re.search(r'with name "?([^" !]+)"? does not exist', message)
+    if not found:
+        return message
+    name = found.group(1)
+    close = closest(name, [*USER_TABLES, "history"])
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown table {name!r}{hint} (tables: {', '.join([*USER_TABLES, 'history'])})"
 
 
 def one_line(message: str) -> str:

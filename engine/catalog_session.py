@@ -1,0 +1,68 @@
+"""A project's open catalog: ingest on demand, the current `history` schema, query preparation.
+
+The DB-API connection, the shell and `flor.dataframe` all go through this one object, so every
+surface sees the same tables, the same `history` and the same errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+
+from .catalog import open_catalog
+from .history import build_history_sql
+from .ingest import IngestReport, ingest_project
+from .names import HistorySchema, load_history_schema, refresh_names
+from .project import Project, locate_project
+from .rewrite import Rewrite, rewrite_query
+
+_HIDDEN_PREFIX = "_"
+
+
+class CatalogSession:
+    """One open catalog of one project."""
+
+    def __init__(self, path: str | os.PathLike = ".") -> None:
+        self.project: Project = locate_project(path)
+        self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
+        self._schema: HistorySchema | None = None
+        self._tables: dict[str, dict[str, str]] | None = None
+
+    def refresh(self) -> IngestReport:
+        """Ingest new record parts; recompute the name statistics if any records arrived."""
+        report = ingest_project(self.con, self.project)
+        if report.records or self._schema is None:
+            refresh_names(self.con)
+            self._schema = None
+        return report
+
+    @property
+    def history_schema(self) -> HistorySchema:
+        if self._schema is None:
+            self._schema = load_history_schema(self.con)
+        return self._schema
+
+    @property
+    def tables(self) -> dict[str, dict[str, str]]:
+        """User-visible catalog tables -> column -> type (internal `_` tables left out)."""
+        if self._tables is None:
+            rows = self.con.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                "WHERE schema_name = 'main' ORDER BY table_name, column_index").fetchall()
+            self._tables = {}
+            for table, column, kind in rows:
+                if not table.startswith(_HIDDEN_PREFIX):
+                    self._tables.setdefault(table, {})[column] = kind
+        return self._tables
+
+    def prepare(self, sql: str) -> Rewrite:
+        """The SQL to run for `sql`: `history` expanded to the columns it references."""
+        return rewrite_query(sql, self.history_schema, self.tables)
+
+    def full_history_sql(self) -> str:
+        """`history` with every column, for the temp-view fallback and `DESCRIBE history`."""
+        return build_history_sql(self.history_schema, None)
+
+    def close(self) -> None:
+        self.con.close()

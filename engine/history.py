@@ -1,0 +1,97 @@
+"""Build the `history` relation for the columns a query references, as SQL over `logs`.
+
+The grain follows the query (as FlorDB's `flor.dataframe`): one row per run plus the deepest
+loop context among the referenced value columns and loop dims. Values logged at an outer
+context (args, epoch-level metrics) are repeated on every inner row below it. Within one
+context the last value wins, and a forward value wins over a replayed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlglot import exp
+
+from .names import IDENTITY_COLUMNS, HistorySchema, NameInfo
+
+# Forward records outrank replay records; then the later record wins.
+_ORDER_KEY = "CASE WHEN source = 'forward' THEN ord + 4611686018427387904 ELSE ord END"
+_VALUE_EXPR = {
+    "BIGINT": "CAST(value_num AS BIGINT)",
+    "DOUBLE": "value_num",
+    "BOOLEAN": "(value_num <> 0)",
+    "VARCHAR": "value_text",
+}
+
+
+def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None) -> str:
+    """SQL of `history` restricted to `referenced` columns (None: every column)."""
+    wanted = set(schema.columns()) if referenced is None else {c.lower() for c in referenced}
+    values = [i for k, i in sorted(schema.values.items()) if k in wanted]
+    dims = [d for d in schema.dims if d.lower() in wanted]
+    depth = max([i.max_depth for i in values] + [schema.dims[d] for d in dims] + [0])
+    per_depth = {k: [i for i in values if k in i.depths] for k in range(depth + 1)}
+    select = [f"r.{_q(c)}" for c in IDENTITY_COLUMNS]
+    select += [f"{_dim_expr(d, depth)} AS {_q(d)}" for d in dims]
+    select += [f"{_coalesce(i, depth)} AS {_q(i.column)}" for i in values]
+    return f"SELECT {', '.join(select)} FROM runs AS r {_joins(per_depth, depth)}"
+
+
+def _joins(per_depth: dict[int, list[NameInfo]], depth: int) -> str:
+    joins = []
+    if depth > 0:
+        grain = (_pivot(per_depth[depth], depth) if per_depth[depth]
+                 else f"SELECT tstamp, ctx_id FROM contexts WHERE depth = {depth}")
+        joins.append(f"LEFT JOIN ({grain}) AS v{depth} ON v{depth}.tstamp = r.tstamp")
+        joins.append(f"LEFT JOIN contexts AS c{depth} ON c{depth}.tstamp = r.tstamp "
+                     f"AND c{depth}.ctx_id = v{depth}.ctx_id")
+        for k in range(depth - 1, 0, -1):
+            joins.append(f"LEFT JOIN contexts AS c{k} ON c{k}.tstamp = r.tstamp "
+                         f"AND c{k}.ctx_id = c{k + 1}.parent_id")
+    for k in range(depth - 1, 0, -1):
+        if per_depth[k]:
+            joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k)}) AS v{k} "
+                         f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = c{k}.ctx_id")
+    if per_depth[0]:
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0)}) AS v0 ON v0.tstamp = r.tstamp")
+    return " ".join(joins)
+
+
+def _pivot(infos: list[NameInfo], depth: int) -> str:
+    """One row per (run, context) at `depth` with a column per name."""
+    names = sorted({v for i in infos for v in i.variants})
+    where = f"depth = {depth} AND value_name IN ({', '.join(_lit(n) for n in names)})"
+    if len(infos) == 1 and _no_duplicates(infos[0], depth):
+        info = infos[0]
+        return (f"SELECT tstamp, ctx_id, {_VALUE_EXPR[info.sql_type]} AS {_q(info.column)} "
+                f"FROM logs WHERE {where}")
+    cols = [
+        f"arg_max({_VALUE_EXPR[i.sql_type]}, {_ORDER_KEY}) FILTER (WHERE value_name IN "
+        f"({', '.join(_lit(v) for v in sorted(i.variants))})) AS {_q(i.column)}"
+        for i in infos
+    ]
+    return f"SELECT tstamp, ctx_id, {', '.join(cols)} FROM logs WHERE {where} GROUP BY ALL"
+
+
+def _no_duplicates(info: NameInfo, depth: int) -> bool:
+    records, contexts = info.depths[depth]
+    return records == contexts and len(info.variants) == 1
+
+
+def _coalesce(info: NameInfo, depth: int) -> str:
+    sources = [f"v{k}.{_q(info.column)}" for k in range(depth, -1, -1) if k in info.depths]
+    return sources[0] if len(sources) == 1 else f"COALESCE({', '.join(sources)})"
+
+
+def _dim_expr(dim: str, depth: int) -> str:
+    whens = " ".join(f"WHEN c{k}.loop_name = {_lit(dim)} THEN c{k}.iteration"
+                     for k in range(depth, 0, -1))
+    return f"CASE {whens} END"
+
+
+def _q(identifier: str) -> str:
+    return exp.to_identifier(identifier, quoted=True).sql(dialect="duckdb")
+
+
+def _lit(value: str) -> str:
+    return exp.Literal.string(value).sql(dialect="duckdb")

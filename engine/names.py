@@ -1,0 +1,91 @@
+"""What has been logged: every value name with its depths, types and counts, and the loop dims.
+
+Refreshed after an ingest that added records; read by the `history` builder and the shell.
+Typing rule for a name's `history` column (nulls ignored): all ints -> BIGINT; ints and floats
+-> DOUBLE; all bools -> BOOLEAN; anything else (strings, JSON, a mix with bools) -> VARCHAR,
+holding the exact text (`repr` of numbers, `true`/`false`, JSON). No values yet -> DOUBLE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+
+IDENTITY_COLUMNS = ("projid", "runid", "tstamp", "vid", "filename")
+
+REFRESH_SQL = """
+DELETE FROM _name_depths;
+INSERT INTO _name_depths
+SELECT lower(value_name) AS name_key, value_name, depth, kind,
+       count(*) AS records, count(DISTINCT (tstamp, ctx_id)) AS contexts,
+       count(DISTINCT tstamp) AS runs, list(DISTINCT value_type) AS types
+FROM logs GROUP BY ALL;
+DELETE FROM _loop_dims;
+INSERT INTO _loop_dims
+SELECT loop_name, max(depth) AS depth FROM contexts WHERE depth > 0 GROUP BY 1;
+"""
+
+
+@dataclass
+class NameInfo:
+    """One `history` value column: a logged name (all its case variants) and where it lives."""
+
+    column: str
+    variants: set[str] = field(default_factory=set)
+    types: set[str] = field(default_factory=set)
+    depths: dict[int, tuple[int, int]] = field(default_factory=dict)  # depth -> records, contexts
+    is_arg: bool = False
+    runs: int = 0
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths, default=0)
+
+    @property
+    def sql_type(self) -> str:
+        kinds = self.types - {"null"}
+        if not kinds or kinds <= {"int", "float"}:
+            return "BIGINT" if kinds == {"int"} else "DOUBLE"
+        return "BOOLEAN" if kinds == {"bool"} else "VARCHAR"
+
+
+@dataclass
+class HistorySchema:
+    """The columns `history` can have right now."""
+
+    dims: dict[str, int]  # loop name -> context depth (1 = outermost loop)
+    values: dict[str, NameInfo]  # lower-cased column name -> info
+
+    def columns(self) -> dict[str, str]:
+        """Column name -> SQL type, in display order: identity, loop dims, args, logged names."""
+        cols = {c: ("TIMESTAMP" if c == "tstamp" else "VARCHAR") for c in IDENTITY_COLUMNS}
+        for dim in sorted(self.dims, key=lambda d: (self.dims[d], d)):
+            cols[dim] = "BIGINT"
+        ordered = sorted(self.values.values(), key=lambda i: (not i.is_arg, i.column.lower()))
+        for info in ordered:
+            cols[info.column] = info.sql_type
+        return cols
+
+
+def refresh_names(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(REFRESH_SQL)
+
+
+def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
+    dims = dict(con.execute("SELECT loop_name, depth FROM _loop_dims").fetchall())
+    taken = {c.lower() for c in IDENTITY_COLUMNS} | {d.lower() for d in dims}
+    values: dict[str, NameInfo] = {}
+    rows = con.execute(
+        "SELECT name_key, value_name, depth, kind, records, contexts, runs, types "
+        "FROM _name_depths ORDER BY value_name").fetchall()
+    for key, name, depth, kind, records, contexts, runs, types in rows:
+        column = f"{name}_value" if key in taken else name  # a loop dim keeps its own name
+        info = values.setdefault(column.lower(), NameInfo(column=column))
+        info.variants.add(name)
+        info.types.update(types)
+        old_records, old_contexts = info.depths.get(depth, (0, 0))
+        info.depths[depth] = (old_records + records, old_contexts + contexts)
+        info.is_arg = info.is_arg or kind == "arg"
+        info.runs = max(info.runs, runs)
+    return HistorySchema(dims=dims, values=values)
