@@ -1,64 +1,144 @@
-"""The `florsql` command: run SQL over a project's history.
+"""The `florsql` command: SQL over a project's history, saved queries, the shell.
 
-    florsql -c "SELECT runid, status FROM runs" [PROJECT_DIR] [--format table|csv|json|markdown]
+    florsql [PROJECT] -c "SQL" | -f FILE.sql | < FILE.sql   run SQL and print the result
+    florsql [PROJECT]                                         the interactive shell (on a tty)
+    florsql run NAME [--param k=v ...] [--project DIR]        run a saved query
+    florsql queries [--project DIR]                           list saved queries
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import exceptions
 from .dbapi import Connection
 from .formatting import FORMATS, format_rows
+from .saved import SavedQueryError, find_query, list_queries, parse_assignments
+
+SUBCOMMANDS = ("run", "queries")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="florsql",
         description="SQL over machine-learning experiment history recorded with `import flor`.",
-        epilog="Tables: runs, logs, contexts, loops, checkpoints, iterations, replays "
+        epilog="Subcommands: `florsql run NAME` runs a saved query, `florsql queries` lists them. "
+        "Tables: history, runs, logs, names, contexts, loops, checkpoints, iterations, replays "
         "(see docs/catalog.md).",
     )
     parser.add_argument("project", nargs="?", default=".",
                         help="project directory (any directory in its git repo; default: .)")
-    parser.add_argument("-c", "--command", metavar="SQL", help="run one SQL statement and exit")
+    parser.add_argument("-c", "--command", metavar="SQL", help="run SQL and exit")
     parser.add_argument("-f", "--file", metavar="FILE.sql", help="run the SQL in a file and exit")
-    parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="output format (default: table)")
+    _add_format(parser)
+    return parser
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="florsql run", description="Run a saved query.")
+    parser.add_argument("name", help="the saved query's name (see `florsql queries`)")
+    parser.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                        help="a value for one of the query's :parameters (repeatable)")
+    parser.add_argument("--project", default=".", help="project directory (default: .)")
+    _add_format(parser)
+    return parser
+
+
+def build_queries_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="florsql queries", description="List saved queries.")
+    parser.add_argument("--project", default=".", help="project directory (default: .)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `florsql ... | head`: the reader left, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        return _run_saved(argv[1:]) if argv[0] == "run" else _list_saved(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         sql = _sql_from(args)
     except OSError as e:
-        print(f"florsql: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot read {e.filename}: {e.strerror}")
     if sql is None:
+        if sys.stdin.isatty():
+            from .shell import run_shell
+
+            return run_shell(args.project)
         print("florsql: give a query with -c SQL, -f FILE.sql or on standard input",
               file=sys.stderr)
         return 2
+    return _run_sql(args.project, sql, None, args.format)
+
+
+def _run_saved(argv: list[str]) -> int:
+    args = build_run_parser().parse_args(argv)
     try:
-        with Connection(args.project) as conn, warnings.catch_warnings(record=True) as caught:
+        root = _project_root(args.project)
+        query = find_query(args.name, root)
+        sql, params = query.bind(parse_assignments(args.param))
+    except (SavedQueryError, exceptions.Error) as e:
+        return _fail(str(e))
+    return _run_sql(args.project, sql, params or None, args.format)
+
+
+def _list_saved(argv: list[str]) -> int:
+    args = build_queries_parser().parse_args(argv)
+    try:
+        root = _project_root(args.project)
+        rows = [(q.name, " ".join(f":{p}" for p in q.params), q.description)
+                for q in list_queries(root)]
+    except (SavedQueryError, exceptions.Error) as e:
+        return _fail(str(e))
+    print(format_rows(["name", "params", "description"], rows))
+    return 0
+
+
+def _run_sql(project: str, sql: str, params: dict | None, fmt: str) -> int:
+    try:
+        with Connection(project) as conn, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cur = conn.execute(sql)
+            cur = conn.execute(sql, params)
             columns = [d[0] for d in cur.description or ()]
             rows = cur.fetchall() if cur.description else []
         for w in caught:
             print(f"florsql: warning: {w.message}", file=sys.stderr)
     except exceptions.Error as e:
-        print(f"florsql: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"florsql: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e))
     if columns:
-        print(format_rows(columns, rows, args.format))
+        print(format_rows(columns, rows, fmt))
     return 0
+
+
+def _project_root(project: str) -> Path | None:
+    """The project's root for its own `queries/`, or None when there is no history there."""
+    try:
+        with Connection(project) as conn:
+            return conn.project.root
+    except exceptions.OperationalError:
+        return None
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="output format (default: table)")
+
+
+def _fail(message: str) -> int:
+    print(f"florsql: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _sql_from(args: argparse.Namespace) -> str | None:

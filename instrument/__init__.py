@@ -20,8 +20,10 @@ from .errors import (
     FlorRepoError,
     FlorWarning,
 )
+from .history import DATA_PREP, dataframe, full_pivot, log_records, query
 
 __all__ = [
+    "DATA_PREP",
     "MTK",
     "FlorArgError",
     "FlorCheckpointError",
@@ -34,6 +36,10 @@ __all__ = [
     "checkpointing",
     "checkpoints",
     "commit",
+    "dataframe",
+    "full_pivot",
+    "log_records",
+    "query",
     "log",
     "loop",
 ]

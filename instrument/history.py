@@ -1,0 +1,91 @@
+"""FlorDB's read-side helpers: `flor.dataframe`, `flor.query`, `flor.log_records`, `flor.full_pivot`.
+
+They open the project's catalog through florsql (imported lazily: recording never needs it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DATA_PREP = ("projid", "runid", "tstamp", "vid")
+_IDENTITY = (*DATA_PREP, "filename")
+
+
+def query(sql: str, params: Any = None, path: str | os.PathLike = ".") -> Any:
+    """Run SQL over the project's history (tables and `history`) and return a DataFrame."""
+    import florsql
+
+    with florsql.connect(str(path)) as conn:
+        return conn.execute(sql, params).df()
+
+
+def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
+    """The pivoted history of `names`: identity, the loop dims down to their grain, the values.
+
+    `flor.dataframe("loss")` has a row per step of every run; `flor.dataframe("lr", "acc")`
+    a row per run (or per epoch if `acc` is logged per epoch).
+    """
+    from sqlglot import exp
+
+    import florsql
+
+    if not names:
+        raise ValueError("flor.dataframe(*names): name at least one logged value or arg")
+    with florsql.connect(str(path)) as conn:
+        conn.refresh()
+        schema = conn.session.history_schema
+        known = {k: info for k, info in schema.values.items()}
+        depth = max((known[n.lower()].max_depth for n in names if n.lower() in known), default=0)
+        dims = [d for d, d_depth in sorted(schema.dims.items(), key=lambda x: x[1])
+                if d_depth <= depth]
+        columns = [*_IDENTITY, *dims, *names]
+        select = ", ".join(exp.to_identifier(c, quoted=True).sql("duckdb") for c in columns)
+        order = ", ".join(["tstamp", *(exp.to_identifier(d, quoted=True).sql("duckdb")
+                                       for d in dims)])
+        return conn.execute(f"SELECT {select} FROM history ORDER BY {order}").df()
+
+
+def log_records(path: str | os.PathLike = ".") -> Any:
+    """Every recorded value in long form: identity, loop dims, value_name, value."""
+    import florsql
+
+    with florsql.connect(str(path)) as conn:
+        conn.refresh()
+        dims = sorted(conn.session.history_schema.dims.items(), key=lambda x: x[1])
+        dim_cols = "".join(
+            f", max(lp.iteration) FILTER (WHERE lp.loop_name = '{d}') AS \"{d}\""
+            for d, _ in dims if d.isidentifier())
+        sql = (
+            "SELECT r.projid, r.runid, r.tstamp, r.vid, r.filename" + dim_cols +
+            ", l.value_name, coalesce(l.value_text, CAST(l.value_num AS VARCHAR)) AS value "
+            "FROM logs l JOIN runs r USING (tstamp) LEFT JOIN loops lp "
+            "ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id "
+            "GROUP BY ALL ORDER BY r.tstamp, min(l.ord)")
+        return conn.execute(sql).df()
+
+
+def full_pivot(df: Any) -> Any:
+    """FlorDB's full pivot of `log_records()`: one column per value_name, outer values repeated.
+
+    Records are pivoted per loop depth and merged from the outermost inward, so run-level args
+    and epoch-level metrics appear on every step row below them.
+    """
+    dims = [c for c in df.columns if c not in (*_IDENTITY, "value_name", "value")]
+    levels = []
+    for depth in range(len(dims) + 1):
+        inner = dims[:depth]
+        mask = df[inner].notna().all(axis=1) & df[dims[depth:]].isna().all(axis=1)
+        part = df[mask]
+        if part.empty:
+            continue
+        wide = part.pivot_table(index=[*_IDENTITY, *inner], columns="value_name",
+                                values="value", aggfunc="last").reset_index()
+        levels.append((inner, wide.rename_axis(columns=None)))
+    if not levels:
+        return df.iloc[0:0]
+    merged = levels[0][1]
+    for inner, wide in levels[1:]:
+        shared = [c for c in merged.columns if c in wide.columns and c in (*_IDENTITY, *inner)]
+        merged = wide.merge(merged, on=shared, how="outer", suffixes=("", "_outer"))
+    return merged
