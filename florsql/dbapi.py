@@ -140,7 +140,9 @@ class Cursor:
 
     def df(self) -> Any:
         """The remaining rows as a pandas DataFrame."""
-        return self._fetch(lambda r: r.df())
+        with warnings.catch_warnings():  # DuckDB's own pandas call warns about pandas 4
+            warnings.filterwarnings("ignore", message="The inplace keyword")
+            return self._fetch(lambda r: r.df())
 
     def arrow(self) -> Any:
         """The remaining rows as a pyarrow Table."""

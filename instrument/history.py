@@ -1,4 +1,4 @@
-"""FlorDB's read-side helpers: `flor.dataframe`, `flor.query`, `flor.log_records`, `flor.full_pivot`.
+"""FlorDB's read-side helpers: `flor.dataframe`, `query`, `log_records`, `full_pivot`.
 
 They open the project's catalog through florsql (imported lazily: recording never needs it).
 """
