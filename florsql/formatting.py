@@ -76,3 +76,20 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+def format_vertical(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """One `name | value` block per row, headed `-[ RECORD n ]-`: for rows wider than the screen."""
+    width = max((len(c) for c in columns), default=0)
+    blocks = []
+    for n, row in enumerate(rows, 1):
+        lines = [f"{c.ljust(width)} | {cell_text(v)}" for c, v in zip(columns, row, strict=True)]
+        head = f"-[ RECORD {n} ]"
+        blocks.append("\n".join([head + "-" * max(1, width + 3 - len(head)), *lines]))
+    footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    return "\n".join([*blocks, footer])
+
+
+def underline(line: str, column: int, length: int = 1, indent: str = "  ") -> str:
+    """`line` with `^` marks under `length` characters from 0-based `column`."""
+    return f"{indent}{line}\n{indent}{' ' * column}{'^' * max(1, length)}"

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+import florsql
 from conftest import run_script
 from flor import FlorArgError
 from flor.args import (
@@ -17,8 +19,6 @@ from flor.args import (
     take_cli_value,
     unread_kwargs,
 )
-
-import florsql
 
 TINY_ARGS_SCRIPT = """\
 import sys

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_script
-
 import florsql
+from conftest import run_script
 
 ADAPTIVE = """
 import time, torch, flor

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_repo, run_script
 
 import florsql
+from conftest import make_repo, run_script
 from florsql.cli import build_parser, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -10,9 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import make_repo
-
 import florsql
+from conftest import make_repo
 
 SLOW_SCRIPT = """
 import sys, time

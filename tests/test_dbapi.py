@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import EXAMPLES, make_repo, run_script
 
 import florsql
+from conftest import EXAMPLES, make_repo, run_script
 from florsql import exceptions
 
 ALL_ERRORS = ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_repo, run_script
-from history_oracle import expected_history, load_raw
 
 import florsql
+from conftest import make_repo, run_script
+from history_oracle import expected_history, load_raw
 
 FIXTURES = Path(__file__).parent / "fixtures" / "history" / "queries.sql"
 SCRIPT_V1 = """

@@ -8,10 +8,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import run_script
-from florsql.engine import IngestWarning
 
 import florsql
+from conftest import run_script
+from florsql.engine import IngestWarning
 
 SCRIPT = """
 import flor

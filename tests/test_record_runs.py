@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from conftest import git, run_script
-
 import florsql
+from conftest import git, run_script
 
 
 def _user_state(repo: Path) -> dict[str, str]:

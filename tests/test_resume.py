@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
 
 import florsql
+from conftest import run_script
 
 STEP_LOSSES = (
     "SELECT lp.iteration AS epoch, st.iteration AS step, l.value_text FROM logs l "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import git, make_repo, run_script
 from flor import FlorRepoError
 from flor.snapshot import (

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import florsql
 from conftest import run_script
 from flor import FlorNameError
 from flor.recorder import RESERVED_NAMES, Recorder
 from flor.values import MAX_JSON_CHARS, is_unsupported, number_of, to_recordable, type_name
-
-import florsql
 
 
 @pytest.mark.parametrize("value", [0, -7, 2.5, True, False, "loss", "", None])
