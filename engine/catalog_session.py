@@ -7,6 +7,7 @@ surface sees the same tables, the same `history` and the same errors.
 from __future__ import annotations
 
 import os
+import threading
 
 import duckdb
 
@@ -18,6 +19,14 @@ from .project import Project, locate_project
 from .rewrite import Rewrite, rewrite_query
 
 _HIDDEN_PREFIX = "_"
+# Connections of one process share DuckDB's database instance: serialise their writes.
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _write_lock(path: os.PathLike) -> threading.Lock:
+    with _GUARD:
+        return _WRITE_LOCKS.setdefault(str(path), threading.Lock())
 
 
 class CatalogSession:
@@ -25,16 +34,23 @@ class CatalogSession:
 
     def __init__(self, path: str | os.PathLike = ".") -> None:
         self.project: Project = locate_project(path)
-        self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
+        self._lock = _write_lock(self.project.catalog_path)
+        with self._lock:
+            self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
         self._schema: HistorySchema | None = None
+        self._generation: tuple | None = None
         self._tables: dict[str, dict[str, str]] | None = None
 
     def refresh(self) -> IngestReport:
         """Ingest new record parts; recompute the name statistics if any records arrived."""
-        report = ingest_project(self.con, self.project)
-        if report.records or self._schema is None:
-            refresh_names(self.con)
-            self._schema = None
+        with self._lock:
+            report = ingest_project(self.con, self.project)
+            if report.records or self._schema is None:
+                refresh_names(self.con)
+            generation = self.con.execute(
+                "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
+        if generation != self._generation:  # this or another connection saw new names
+            self._schema, self._generation = None, generation
         return report
 
     @property

@@ -24,6 +24,9 @@ FROM logs GROUP BY ALL;
 DELETE FROM _loop_dims;
 INSERT INTO _loop_dims
 SELECT loop_name, max(depth) AS depth FROM contexts WHERE depth > 0 GROUP BY 1;
+INSERT OR REPLACE INTO _meta
+SELECT 'names_generation', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1 AS VARCHAR)
+FROM _meta WHERE key = 'names_generation';
 """
 
 

@@ -18,6 +18,20 @@ from .exceptions import (
     ProgrammingError,
     Warning,
 )
+from .types import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+)
 
 __version__ = "0.1.0"
 apilevel = "2.0"
@@ -31,6 +45,18 @@ def connect(path: str = ".") -> Connection:
 
 
 __all__ = [
+    "BINARY",
+    "DATETIME",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "Binary",
+    "Date",
+    "DateFromTicks",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
     "Connection",
     "Cursor",
     "DataError",

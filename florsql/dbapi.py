@@ -9,18 +9,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
 from . import exceptions as exc
 from .engine import CatalogSession, EngineError, IngestReport, UnknownColumnError
-from .engine.catalog import USER_TABLES
-from .engine.rewrite import closest
-
-# The catalog is derived from record files: statements that change it would be lost or corrupt it.
-_ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET"}
+from .translate import check_read_only, describe, translate
 
 
 class Connection:
@@ -31,6 +27,8 @@ class Connection:
             self.session = CatalogSession(path)
         except EngineError as e:
             raise exc.OperationalError(str(e)) from None
+        except duckdb.Error as e:
+            raise exc.OperationalError(f"could not open the catalog: {e}") from None
         self.project = self.session.project
         self._con = self.session.con
         self.messages: list[tuple[type, str]] = []
@@ -49,7 +47,10 @@ class Connection:
         self._check_open()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = self.session.refresh()
+            try:
+                report = self.session.refresh()
+            except duckdb.Error as e:
+                raise exc.OperationalError(f"could not ingest new records: {e}") from None
         for w in caught:
             self.messages.append((exc.Warning, str(w.message)))
             warnings.warn(str(w.message), w.category, stacklevel=3)
@@ -94,6 +95,7 @@ class Cursor:
         self.rowcount = -1
         self.messages: list[tuple[type, str]] = []
         self._result: duckdb.DuckDBPyConnection | None = None
+        self._has_rows = False
         self._closed = False
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict | None = None) -> Cursor:
@@ -102,7 +104,7 @@ class Cursor:
         self.messages = list(self.connection.messages)
         self.connection.messages.clear()
         session = self.connection.session
-        _check_read_only(session.con, sql)
+        kinds = check_read_only(session.con, sql)
         try:
             prepared = session.prepare(sql)
         except UnknownColumnError as e:
@@ -118,8 +120,9 @@ class Cursor:
             self._result.execute(prepared.sql, parameters)
         except duckdb.Error as e:
             self._end_transaction()
-            raise _translate(e) from None
-        self.description = _describe(self._result.description)
+            raise translate(e) from None
+        self.description = describe(self._result.description, kinds[-1])
+        self._has_rows = self.description is not None
         self.rowcount = -1
         return self
 
@@ -133,7 +136,7 @@ class Cursor:
         return self._fetch(lambda r: r.fetchone())
 
     def fetchmany(self, size: int | None = None) -> list[tuple]:
-        return self._fetch(lambda r: r.fetchmany(size or self.arraysize))
+        return self._fetch(lambda r: r.fetchmany(self.arraysize if size is None else size))
 
     def fetchall(self) -> list[tuple]:
         return self._fetch(lambda r: r.fetchall())
@@ -160,9 +163,14 @@ class Cursor:
         self._end_transaction()
         self._closed = True
 
-    def __iter__(self) -> Iterator[tuple]:
-        while (row := self.fetchone()) is not None:
-            yield row
+    def __iter__(self) -> Cursor:
+        return self
+
+    def __next__(self) -> tuple:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
 
     def __enter__(self) -> Cursor:
         return self
@@ -181,12 +189,13 @@ class Cursor:
 
     def _fetch(self, take: Any) -> Any:
         self._check_open()
-        if self._result is None:
-            raise exc.ProgrammingError("no result to fetch: call execute() first")
+        if self._result is None or not self._has_rows:
+            raise exc.ProgrammingError(
+                "no result to fetch: call execute() with a query that returns rows first")
         try:
             return take(self._result)
         except duckdb.Error as e:
-            raise _translate(e) from None
+            raise translate(e) from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -194,68 +203,3 @@ class Cursor:
         self.connection._check_open()
 
 
-def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as e:
-        raise _translate(e) from None
-    if not statements:
-        raise exc.ProgrammingError("empty statement: write a SELECT query")
-    for statement in statements:
-        kind = statement.type.name
-        if kind not in _ALLOWED_STATEMENTS:
-            raise exc.NotSupportedError(
-                f"{kind} is not allowed: the catalog is rebuilt from the record files, so "
-                "florsql answers queries only (record new values with flor.log)"
-            )
-
-
-def _describe(duck_description: list | None) -> tuple | None:
-    if duck_description is None:
-        return None
-    return tuple((name, str(kind), None, None, None, None, None)
-                 for name, kind, *_ in duck_description)
-
-
-def _translate(error: duckdb.Error) -> exc.Error:
-    message = one_line(str(error))
-    if isinstance(error, (duckdb.ConversionException, duckdb.OutOfRangeException)):
-        return exc.DataError(message)
-    if isinstance(error, duckdb.InvalidInputException) and "parameter" in message.lower():
-        return exc.ProgrammingError(message)
-    if isinstance(error, duckdb.CatalogException) and "does not exist" in message:
-        return exc.ProgrammingError(_unknown_table(message))
-    if isinstance(error, (duckdb.ParserException, duckdb.BinderException,
-                          duckdb.CatalogException, duckdb.ProgrammingError)):
-        return exc.ProgrammingError(message)
-    if isinstance(error, duckdb.TransactionException) and "read-only" in message:
-        return exc.NotSupportedError(
-            "writes are not allowed: the catalog is rebuilt from the record files, so florsql "
-            "answers queries only (record new values with flor.log)")
-    if isinstance(error, duckdb.IOException):
-        return exc.OperationalError(message)
-    if isinstance(error, duckdb.InternalException):
-        return exc.InternalError(message)
-    if isinstance(error, duckdb.ConstraintException):
-        return exc.IntegrityError(message)
-    return exc.DatabaseError(message)
-
-
-def _unknown_table(message: str) -> str:
-    import re
-
-    found = re.search(r'with name "?([^" !]+)"? does not exist', message)
-    if not found:
-        return message
-    name = found.group(1)
-    close = closest(name, [*USER_TABLES, "history"])
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown table {name!r}{hint} (tables: {', '.join([*USER_TABLES, 'history'])})"
-
-
-def one_line(message: str) -> str:
-    """DuckDB's multi-line error as one line: the error, then the 'did you mean' hint if any."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    head = lines[0] if lines else "unknown error"
-    hints = [ln for ln in lines[1:] if ln.lower().startswith(("candidate", "did you mean"))]
-    return head + (f" ({hints[0]})" if hints else "")
