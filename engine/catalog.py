@@ -83,7 +83,9 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         row = con.execute("SELECT value FROM _meta WHERE key = 'schema_version'").fetchone()
     except duckdb.CatalogException:
         row = None
-    if row is not None and row[0] != SCHEMA_VERSION:
+    if row is not None and row[0] == SCHEMA_VERSION:
+        return  # the common case: no DDL, no write on open
+    if row is not None:
         tables = con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
         for (name,) in tables:

@@ -11,10 +11,10 @@ import threading
 
 import duckdb
 
-from .catalog import open_catalog
+from .catalog import SCHEMA_VERSION, open_catalog
 from .history import build_history_sql
 from .ingest import IngestReport, ingest_project
-from .names import HistorySchema, load_history_schema, refresh_names
+from .names import HistorySchema, load_history_schema, names_are_stale, refresh_names
 from .project import Project, locate_project
 from .rewrite import Rewrite, rewrite_query
 
@@ -22,6 +22,7 @@ _HIDDEN_PREFIX = "_"
 # Connections of one process share DuckDB's database instance: serialise their writes.
 _WRITE_LOCKS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()
+_TABLES_BY_VERSION: dict[str, dict[str, dict[str, str]]] = {}
 
 
 def _write_lock(path: os.PathLike) -> threading.Lock:
@@ -39,13 +40,12 @@ class CatalogSession:
             self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
         self._schema: HistorySchema | None = None
         self._generation: tuple | None = None
-        self._tables: dict[str, dict[str, str]] | None = None
 
     def refresh(self) -> IngestReport:
         """Ingest new record parts; recompute the name statistics if any records arrived."""
         with self._lock:
             report = ingest_project(self.con, self.project)
-            if report.records or self._schema is None:
+            if report.records or names_are_stale(self.con):
                 refresh_names(self.con)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
@@ -62,15 +62,16 @@ class CatalogSession:
     @property
     def tables(self) -> dict[str, dict[str, str]]:
         """User-visible catalog tables -> column -> type (internal `_` tables left out)."""
-        if self._tables is None:
+        if SCHEMA_VERSION not in _TABLES_BY_VERSION:  # fixed per schema: read once a process
             rows = self.con.execute(
                 "SELECT table_name, column_name, data_type FROM duckdb_columns() "
                 "WHERE schema_name = 'main' ORDER BY table_name, column_index").fetchall()
-            self._tables = {}
+            tables: dict[str, dict[str, str]] = {}
             for table, column, kind in rows:
                 if not table.startswith(_HIDDEN_PREFIX):
-                    self._tables.setdefault(table, {})[column] = kind
-        return self._tables
+                    tables.setdefault(table, {})[column] = kind
+            _TABLES_BY_VERSION[SCHEMA_VERSION] = tables
+        return _TABLES_BY_VERSION[SCHEMA_VERSION]
 
     def prepare(self, sql: str) -> Rewrite:
         """The SQL to run for `sql`: `history` expanded to the columns it references."""

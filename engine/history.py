@@ -31,24 +31,32 @@ def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None) -
     dims = [d for d in schema.dims if d.lower() in wanted]
     depth = max([i.max_depth for i in values] + [schema.dims[d] for d in dims] + [0])
     per_depth = {k: [i for i in values if k in i.depths] for k in range(depth + 1)}
+    dim_levels = {d: sorted(k for k in schema.dim_depths[d] if k <= depth) for d in dims}
+    # context levels to join: those holding a referenced dim or an outer value, and all between
+    needed = {k for ks in dim_levels.values() for k in ks}
+    needed |= {k for k in range(1, depth) if per_depth[k]}
+    lowest = min(needed, default=None)
     select = [f"r.{_q(c)}" for c in IDENTITY_COLUMNS]
-    select += [f"{_dim_expr(d, depth)} AS {_q(d)}" for d in dims]
+    select += [f"{_dim_expr(d, dim_levels[d])} AS {_q(d)}" for d in dims]
     select += [f"{_coalesce(i, depth)} AS {_q(i.column)}" for i in values]
-    return f"SELECT {', '.join(select)} FROM runs AS r {_joins(per_depth, depth)}"
+    joins = _joins(per_depth, depth, lowest)
+    return f"SELECT {', '.join(select)} FROM runs AS r {joins}"
 
 
-def _joins(per_depth: dict[int, list[NameInfo]], depth: int) -> str:
+def _joins(per_depth: dict[int, list[NameInfo]], depth: int, lowest: int | None) -> str:
     joins = []
-    if depth > 0:
-        grain = (_pivot(per_depth[depth], depth) if per_depth[depth]
-                 else f"SELECT tstamp, ctx_id FROM contexts WHERE depth = {depth}")
-        joins.append(f"LEFT JOIN ({grain}) AS v{depth} ON v{depth}.tstamp = r.tstamp")
-        joins.append(f"LEFT JOIN contexts AS c{depth} ON c{depth}.tstamp = r.tstamp "
-                     f"AND c{depth}.ctx_id = v{depth}.ctx_id")
-        for k in range(depth - 1, 0, -1):
-            joins.append(f"LEFT JOIN contexts AS c{k} ON c{k}.tstamp = r.tstamp "
-                         f"AND c{k}.ctx_id = c{k + 1}.parent_id")
-    for k in range(depth - 1, 0, -1):
+    if depth > 0 and per_depth[depth]:
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[depth], depth)}) AS v{depth} "
+                     f"ON v{depth}.tstamp = r.tstamp")
+        if lowest is not None:
+            joins.append(f"LEFT JOIN contexts AS c{depth} ON c{depth}.tstamp = r.tstamp "
+                         f"AND c{depth}.ctx_id = v{depth}.ctx_id")
+    elif depth > 0:  # only loop dims at the deepest level: the contexts are the grain
+        joins.append(f"LEFT JOIN (SELECT * FROM contexts WHERE depth = {depth}) AS c{depth} "
+                     f"ON c{depth}.tstamp = r.tstamp")
+    for k in range(depth - 1, (lowest or depth) - 1, -1):
+        joins.append(f"LEFT JOIN contexts AS c{k} ON c{k}.tstamp = r.tstamp "
+                     f"AND c{k}.ctx_id = c{k + 1}.parent_id")
         if per_depth[k]:
             joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k)}) AS v{k} "
                          f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = c{k}.ctx_id")
@@ -83,9 +91,9 @@ def _coalesce(info: NameInfo, depth: int) -> str:
     return sources[0] if len(sources) == 1 else f"COALESCE({', '.join(sources)})"
 
 
-def _dim_expr(dim: str, depth: int) -> str:
+def _dim_expr(dim: str, levels: list[int]) -> str:
     whens = " ".join(f"WHEN c{k}.loop_name = {_lit(dim)} THEN c{k}.iteration"
-                     for k in range(depth, 0, -1))
+                     for k in reversed(levels))
     return f"CASE {whens} END"
 
 

@@ -23,10 +23,11 @@ SELECT lower(value_name) AS name_key, value_name, depth, kind,
 FROM logs GROUP BY ALL;
 DELETE FROM _loop_dims;
 INSERT INTO _loop_dims
-SELECT loop_name, max(depth) AS depth FROM contexts WHERE depth > 0 GROUP BY 1;
+SELECT DISTINCT loop_name, depth FROM contexts WHERE depth > 0;
 INSERT OR REPLACE INTO _meta
 SELECT 'names_generation', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1 AS VARCHAR)
 FROM _meta WHERE key = 'names_generation';
+INSERT OR REPLACE INTO _meta SELECT 'names_records', CAST(count(*) AS VARCHAR) FROM logs;
 """
 
 
@@ -57,8 +58,9 @@ class NameInfo:
 class HistorySchema:
     """The columns `history` can have right now."""
 
-    dims: dict[str, int]  # loop name -> context depth (1 = outermost loop)
+    dims: dict[str, int]  # loop name -> deepest context depth it names (1 = outermost loop)
     values: dict[str, NameInfo]  # lower-cased column name -> info
+    dim_depths: dict[str, set[int]] = field(default_factory=dict)  # loop name -> all depths
 
     def columns(self) -> dict[str, str]:
         """Column name -> SQL type, in display order: identity, loop dims, args, logged names."""
@@ -75,8 +77,19 @@ def refresh_names(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(REFRESH_SQL)
 
 
+def names_are_stale(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether logs changed since the statistics were computed (e.g. a crash in between)."""
+    row = con.execute(
+        "SELECT (SELECT value FROM _meta WHERE key = 'names_records') "
+        "IS DISTINCT FROM CAST((SELECT count(*) FROM logs) AS VARCHAR)").fetchone()
+    return bool(row[0])
+
+
 def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
-    dims = dict(con.execute("SELECT loop_name, depth FROM _loop_dims").fetchall())
+    dim_depths: dict[str, set[int]] = {}
+    for name, depth in con.execute("SELECT loop_name, depth FROM _loop_dims").fetchall():
+        dim_depths.setdefault(name, set()).add(depth)
+    dims = {name: max(depths) for name, depths in dim_depths.items()}
     taken = {c.lower() for c in IDENTITY_COLUMNS} | {d.lower() for d in dims}
     values: dict[str, NameInfo] = {}
     rows = con.execute(
@@ -91,4 +104,4 @@ def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
         info.depths[depth] = (old_records + records, old_contexts + contexts)
         info.is_arg = info.is_arg or kind == "arg"
         info.runs = max(info.runs, runs)
-    return HistorySchema(dims=dims, values=values)
+    return HistorySchema(dims=dims, values=values, dim_depths=dim_depths)

@@ -143,9 +143,10 @@ class Cursor:
 
     def df(self) -> Any:
         """The remaining rows as a pandas DataFrame."""
-        with warnings.catch_warnings():  # DuckDB's own pandas call warns about pandas 4
-            warnings.filterwarnings("ignore", message="The inplace keyword")
-            return self._fetch(lambda r: r.df())
+        with warnings.catch_warnings():  # DuckDB notes the copy Arrow makes
+            warnings.simplefilter("ignore")
+            # Through Arrow: several times faster than DuckDB's .df() for text columns.
+            return self._fetch(lambda r: r.to_arrow_table().to_pandas())
 
     def arrow(self) -> Any:
         """The remaining rows as a pyarrow Table."""
