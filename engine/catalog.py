@@ -16,7 +16,7 @@ import duckdb
 
 from .errors import CatalogLockedError, IngestWarning
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -32,9 +32,6 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE TABLE IF NOT EXISTS contexts (
     tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, path VARCHAR, parent_id INTEGER,
     loop_name VARCHAR, iteration BIGINT
-);
-CREATE TABLE IF NOT EXISTS loops (
-    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, loop_name VARCHAR, iteration BIGINT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, path VARCHAR, bytes BIGINT,
@@ -58,6 +55,15 @@ CREATE TABLE IF NOT EXISTS _name_depths (
     contexts BIGINT, runs BIGINT, types VARCHAR[]
 );
 CREATE TABLE IF NOT EXISTS _loop_dims (loop_name VARCHAR, depth INTEGER);
+CREATE OR REPLACE VIEW loops AS
+WITH RECURSIVE chain AS (
+    SELECT tstamp, ctx_id, ctx_id AS anc_id FROM contexts WHERE depth > 0
+    UNION ALL
+    SELECT ch.tstamp, ch.ctx_id, c.parent_id FROM chain AS ch
+    JOIN contexts AS c ON c.tstamp = ch.tstamp AND c.ctx_id = ch.anc_id WHERE c.depth > 1
+)
+SELECT ch.tstamp, ch.ctx_id, a.depth - 1 AS depth, a.loop_name, a.iteration
+FROM chain AS ch JOIN contexts AS a ON a.tstamp = ch.tstamp AND a.ctx_id = ch.anc_id;
 CREATE OR REPLACE VIEW names AS
 SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        max(depth) AS depth, sum(records) AS records, max(runs) AS runs,

@@ -20,7 +20,7 @@ _VALUE_EXPR = {
     "BIGINT": "CAST(value_num AS BIGINT)",
     "DOUBLE": "value_num",
     "BOOLEAN": "(value_num <> 0)",
-    "VARCHAR": "value_text",
+    "VARCHAR": "coalesce(value_text, CAST(value_num AS VARCHAR))",
 }
 
 

@@ -1,4 +1,11 @@
-"""Decode one record part (written by flor's PartWriter) into catalog rows."""
+"""Decode one record part (written by flor's PartWriter) into catalog rows.
+
+A part (format flor-part/2) holds columns `ctx`, `name`, `value`, the definitions
+`[id, parent_id, loop_name, iteration]` of the contexts they use (ids local to the run's
+writer, 0 = run level), the run's `args` as `[name, value]` and outer-loop `iterations` as
+`[loop_name, iteration, seconds]`. Contexts are matched to the catalog by path
+(`epoch=2/step=13`), so replays attach to the same contexts as the forward run.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 
-PART_FORMAT = "flor-part/1"
+PART_FORMAT = "flor-part/2"
 _ORD_STRIDE = 10_000_000  # ord = part seq * stride + position: "last value wins" order
+_LOG_COLUMNS = ("ctx_id", "depth", "value_name", "value_type", "value_num", "value_text",
+                "kind", "ord")
+_CTX_COLUMNS = ("ctx_id", "depth", "path", "parent_id", "loop_name", "iteration")
 
 
 class PartError(ValueError):
@@ -20,22 +30,18 @@ class PartError(ValueError):
 
 @dataclass
 class RowBatch:
-    """Rows for logs, contexts, loops and iterations from one part."""
+    """Rows for logs, contexts and iterations from the new parts of one source."""
 
     tstamp: str
-    logs: dict[str, list] = field(default_factory=lambda: {
-        k: [] for k in ("ctx_id", "depth", "value_name", "value_type", "value_num",
-                        "value_text", "kind", "ord")})
-    contexts: list[tuple] = field(default_factory=list)
-    loops: list[tuple] = field(default_factory=list)
-    iterations: list[tuple] = field(default_factory=list)
     source: str = "forward"
+    logs: dict[str, list] = field(default_factory=lambda: {k: [] for k in _LOG_COLUMNS})
+    contexts: list[tuple] = field(default_factory=list)
+    iterations: list[tuple] = field(default_factory=list)
 
     def extend(self, other: RowBatch) -> None:
         for key, values in other.logs.items():
             self.logs[key].extend(values)
         self.contexts.extend(other.contexts)
-        self.loops.extend(other.loops)
         self.iterations.extend(other.iterations)
 
     @property
@@ -51,22 +57,9 @@ class RowBatch:
                 "value_type, value_num, value_text, kind, ?, ord FROM logs_batch",
                 [self.tstamp, self.source],
             )
-        _append(con, "contexts", ["ctx_id", "depth", "path", "parent_id", "loop_name", "iteration"],
-                self.tstamp, self.contexts)
-        _append(con, "loops", ["ctx_id", "depth", "loop_name", "iteration"], self.tstamp,
-                self.loops)
-        _append(con, "iterations", ["loop_name", "iteration", "seconds", "source"], self.tstamp,
-                self.iterations)
-
-
-def _append(con: Any, table: str, columns: list[str], tstamp: str, rows: list[tuple]) -> None:
-    if not rows:
-        return
-    rows_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})  # noqa: F841
-    con.execute(
-        f"INSERT INTO {table} SELECT CAST(? AS TIMESTAMP), {', '.join(columns)} FROM rows_batch",
-        [tstamp],
-    )
+        _append(con, "contexts", _CTX_COLUMNS, self.tstamp, self.contexts)
+        _append(con, "iterations", ("loop_name", "iteration", "seconds", "source"),
+                self.tstamp, self.iterations)
 
 
 def read_part(path: Path) -> dict:
@@ -84,17 +77,22 @@ def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
     staged = RowBatch(tstamp=batch.tstamp, source=batch.source)
     known = dict(ctx_map)
     try:
-        local = {int(k): (_catalog_ctx(staged, known, v), len(v))
-                 for k, v in doc["contexts"].items()}
+        local = _contexts(doc["contexts"], staged, known)
         base = int(doc["seq"]) * _ORD_STRIDE
-        for pos, (cid, name, value) in enumerate(doc["records"]):
-            _add_value(staged, *local[cid], name, value, "log", base + pos)
-        run_level = _catalog_ctx(staged, known, [])
-        for pos, (name, value) in enumerate(doc.get("args", [])):
-            _add_value(staged, run_level, 0, name, value, "arg", base - pos - 1)
+        ctx = doc["ctx"]
+        if not len(ctx) == len(doc["name"]) == len(doc["value"]):
+            raise ValueError("columns of different lengths")
+        ids = [local[c][0] for c in ctx]
+        depths = [local[c][1] for c in ctx]
+        _add_values(staged, ids, depths, doc["name"], doc["value"], "log",
+                    range(base, base + len(ctx)))
+        args = doc.get("args", [])
+        _add_values(staged, [local[0][0]] * len(args), [0] * len(args),
+                    [a[0] for a in args], [a[1] for a in args], "arg",
+                    range(base - 1, base - 1 - len(args), -1))
         staged.iterations = [(n, int(i), float(s), batch.source)
                              for n, i, s in doc.get("iterations", [])]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise PartError(f"malformed records: {exc!r}"[:120]) from None
     ctx_map.update(known)
     batch.extend(staged)
@@ -102,58 +100,76 @@ def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
 
 def mark_ingested(con: Any, rows: list[tuple]) -> None:
     """Record ingested files (path, size, mtime, status, message) in one statement."""
-    if not rows:
-        return
-    cols = ["path", "size", "mtime", "status", "message"]
-    done_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})  # noqa: F841
-    con.execute("INSERT OR REPLACE INTO _ingested SELECT * FROM done_batch")
+    _append(con, "_ingested", ("path", "size", "mtime", "status", "message"), None, rows)
 
 
-def _catalog_ctx(batch: RowBatch, ctx_map: dict[str, int], dims: list) -> int:
-    """The catalog id of the context `dims`, creating it and its missing ancestors."""
-    path = "/".join(f"{name}={i}" for name, i in dims)
+def _contexts(defs: list, batch: RowBatch, ctx_map: dict[str, int]) -> dict[int, tuple]:
+    """Local context id -> (catalog id, depth, path); new contexts are added to `batch`."""
+    local = {0: (_catalog_id(batch, ctx_map, "", 0, None, None, None), 0, "")}
+    for cid, parent, name, iteration in defs:
+        parent_id, depth, parent_path = local[parent]
+        step = f"{name}={int(iteration)}"
+        path = f"{parent_path}/{step}" if parent_path else step
+        cat = _catalog_id(batch, ctx_map, path, depth + 1, parent_id, name, int(iteration))
+        local[cid] = (cat, depth + 1, path)
+    return local
+
+
+def _catalog_id(batch: RowBatch, ctx_map: dict[str, int], path: str, depth: int,
+                parent: int | None, name: str | None, iteration: int | None) -> int:
     ctx_id = ctx_map.get(path)
     if ctx_id is None:
-        parent = _catalog_ctx(batch, ctx_map, dims[:-1]) if dims else None
-        name, iteration = dims[-1] if dims else (None, None)
         ctx_id = ctx_map[path] = len(ctx_map)
-        batch.contexts.append((ctx_id, len(dims), path, parent, name, iteration))
-        batch.loops.extend((ctx_id, d, n, i) for d, (n, i) in enumerate(dims))
+        batch.contexts.append((ctx_id, depth, path, parent, name, iteration))
     return ctx_id
 
 
-def _add_value(batch: RowBatch, ctx_id: int, depth: int, name: str, value: Any, kind: str,
-               ord_: int) -> None:
+def _add_values(batch: RowBatch, ids: list, depths: list, names: list, values: list,
+                kind: str, ords: range) -> None:
     logs = batch.logs
-    logs["ctx_id"].append(ctx_id)
-    logs["depth"].append(depth)
-    logs["value_name"].append(name)
-    logs["kind"].append(kind)
-    logs["ord"].append(ord_)
+    logs["ctx_id"].extend(ids)
+    logs["depth"].extend(depths)
+    logs["value_name"].extend(names)
+    logs["kind"].extend([kind] * len(ids))
+    logs["ord"].extend(ords)
+    if all(type(v) is float for v in values):  # the common case: a float metric
+        logs["value_type"].extend(["float"] * len(values))
+        logs["value_num"].extend(values)
+        logs["value_text"].extend([None] * len(values))
+        return
+    for value in values:
+        kind_, num, text = _typed(value)
+        logs["value_type"].append(kind_)
+        logs["value_num"].append(num)
+        logs["value_text"].append(text)
+
+
+def _typed(value: Any) -> tuple[str, float | None, str | None]:
+    """(value_type, value_num, value_text): floats need no text, DOUBLE holds them exactly."""
     if value is None:
-        logs["value_type"].append("null")
-        logs["value_num"].append(None)
-        logs["value_text"].append(None)
-    elif isinstance(value, bool):
-        logs["value_type"].append("bool")
-        logs["value_num"].append(float(value))
-        logs["value_text"].append("true" if value else "false")
-    elif isinstance(value, (int, float)):
-        logs["value_type"].append("int" if isinstance(value, int) else "float")
-        logs["value_num"].append(_as_double(value))
-        logs["value_text"].append(repr(value))
-    elif isinstance(value, str):
-        logs["value_type"].append("str")
-        logs["value_num"].append(None)
-        logs["value_text"].append(value)
-    else:
-        logs["value_type"].append("json")
-        logs["value_num"].append(None)
-        logs["value_text"].append(json.dumps(value))
+        return "null", None, None
+    if isinstance(value, bool):
+        return "bool", float(value), "true" if value else "false"
+    if isinstance(value, int):
+        return "int", _as_double(value), repr(value)
+    if isinstance(value, float):
+        return "float", value, None
+    if isinstance(value, str):
+        return "str", None, value
+    return "json", None, json.dumps(value)
 
 
-def _as_double(value: int | float) -> float:
+def _as_double(value: int) -> float:
     try:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def _append(con: Any, table: str, columns: tuple, tstamp: str | None, rows: list[tuple]) -> None:
+    if not rows:
+        return
+    rows_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})  # noqa: F841
+    lead = "CAST(? AS TIMESTAMP), " if tstamp is not None else ""
+    con.execute(f"INSERT INTO {table} SELECT {lead}{', '.join(columns)} FROM rows_batch",
+                [tstamp] if tstamp is not None else [])

@@ -5,10 +5,11 @@
 
 import argparse
 
-import flor
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+import flor
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, default=0, help="the script's own flag, beside flor's")

@@ -1,9 +1,12 @@
 """The in-memory record buffer and the thread that writes it to crash-safe record parts.
 
 The training thread only appends `(context, name, value)` tuples to a deque (thread-safe,
-no lock, no I/O). A writer thread drains it into numbered part files, each written to a temp
-file, fsynced and renamed, so a reader sees whole parts or none. It wakes at every outer-loop
-iteration (`flush_soon`) and at least every FLUSH_SECONDS; `flush()` drains synchronously.
+no lock, no I/O). A part holds columns `ctx`, `name`, `value` and the definitions
+`[id, parent_id, loop_name, iteration]` of every context they use (ancestors first; 0 is the
+run level), so each part can be read on its own. A writer thread drains the deque into
+numbered part files, each written to a temp file, fsynced and renamed, so a reader sees whole
+parts or none. It wakes at every outer-loop iteration (`flush_soon`) and at least every
+FLUSH_SECONDS; `flush()` drains synchronously.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from .errors import FlorNameError, FlorWarning
 
-PART_FORMAT = "flor-part/1"
+PART_FORMAT = "flor-part/2"
 FLUSH_SECONDS = float(os.environ.get("FLOR_FLUSH_SECONDS", "2.0"))
 RESERVED_NAMES = frozenset({"projid", "runid", "tstamp", "vid", "filename"})
 
@@ -125,26 +128,42 @@ class PartWriter(threading.Thread):
                 write_atomic(self.parts_dir / f"{self._seq:06d}.json", part)
 
     def _encode(self, records: list, timings: list, args: list) -> bytes:
-        ctx_ids, contexts, rows = self._ctx_ids, {}, []
+        """A self-contained part: columnar records, and every context they need defined."""
+        defined: dict[int, None] = {}
+        defs: list[tuple] = []
+        ctx_col, name_col, value_col = [], [], []
         last_ctx, last_id = None, 0
         for ctx, name, value in records:
             if ctx is not last_ctx:
-                last_id = ctx_ids.get(ctx)
-                if last_id is None:
-                    last_id = ctx_ids[ctx] = len(ctx_ids)
-                last_ctx = ctx
-                contexts[last_id] = ctx
-            rows.append((last_id, name, value))
+                last_id, last_ctx = self._define(ctx, defined, defs), ctx
+            ctx_col.append(last_id)
+            name_col.append(name)
+            value_col.append(value)
         doc = {
             "format": PART_FORMAT,
             "source": self.source,
             "seq": self._seq,
-            "contexts": {str(i): [list(p) for p in c] for i, c in contexts.items()},
-            "records": rows,
+            "contexts": defs,
+            "ctx": ctx_col,
+            "name": name_col,
+            "value": value_col,
             "args": args,
             "iterations": timings,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _define(self, ctx: Context, defined: dict[int, None], defs: list[tuple]) -> int:
+        """The id of `ctx`; defines it and its ancestors in this part if not yet done."""
+        if not ctx:
+            return 0
+        ctx_id = self._ctx_ids.get(ctx)
+        if ctx_id is None:
+            ctx_id = self._ctx_ids[ctx] = len(self._ctx_ids)
+        if ctx_id not in defined:
+            parent = self._define(ctx[:-1], defined, defs)
+            defined[ctx_id] = None
+            defs.append((ctx_id, parent, *ctx[-1]))
+        return ctx_id
 
 
 def write_atomic(path: Path, data: bytes) -> None:

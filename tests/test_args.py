@@ -208,7 +208,7 @@ def test_the_example_scripts_own_seed_flag_works_beside_kwargs_and_flor(
     args = _args_in_catalog(train_repo)
     assert args == {
         "hidden": ("int", 16.0, "16"),
-        "lr": ("float", 0.1, "0.1"),
+        "lr": ("float", 0.1, None),
         "epochs": ("int", 1.0, "1"),
         "batch_size": ("int", 32.0, "32"),
     }

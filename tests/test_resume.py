@@ -11,7 +11,7 @@ import florsql
 from conftest import run_script
 
 STEP_LOSSES = (
-    "SELECT lp.iteration AS epoch, st.iteration AS step, l.value_text FROM logs l "
+    "SELECT lp.iteration AS epoch, st.iteration AS step, l.value_num FROM logs l "
     "JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0 "
     "JOIN loops st ON st.tstamp = l.tstamp AND st.ctx_id = l.ctx_id AND st.depth = 1 "
     "WHERE l.value_name = 'loss' AND l.source = ? ORDER BY 1, 2"
@@ -42,7 +42,7 @@ def test_restoring_epoch_k_and_running_it_gives_bit_identical_losses(
             "SELECT count(DISTINCT tstamp), count(*) FROM logs WHERE source = 'replay' "
             "AND kind = 'arg'").fetchone()
     assert len(forward) == 14
-    assert replayed == forward  # value_text is repr(float): equal text is equal bits
+    assert replayed == forward  # DOUBLE equality of finite floats is bit equality
     assert tstamps == (0, 0)  # replays attach to the original run and re-record no args
 
 
