@@ -65,7 +65,9 @@ class CatalogSession:
         if SCHEMA_VERSION not in _TABLES_BY_VERSION:  # fixed per schema: read once a process
             rows = self.con.execute(
                 "SELECT table_name, column_name, data_type FROM duckdb_columns() "
-                "WHERE schema_name = 'main' ORDER BY table_name, column_index").fetchall()
+                "WHERE schema_name = 'main' AND NOT internal "
+                "AND database_name = current_database() ORDER BY table_name, column_index"
+            ).fetchall()
             tables: dict[str, dict[str, str]] = {}
             for table, column, kind in rows:
                 if not table.startswith(_HIDDEN_PREFIX):

@@ -65,9 +65,9 @@ def suggest(text_before_cursor: str, tables: dict[str, list[str]], history_colum
     statement = head.rsplit(";", 1)[-1] + word + text_after_cursor.split(";", 1)[0]
     aliases = tables_in(statement)
     if head.endswith("."):
-        qualifier = _WORD_BEFORE.search(head[:-1]).group()
-        columns = _columns_of([aliases.get(qualifier.lower(), qualifier)], tables, history_columns)
-        return _matches(word, columns, "column")
+        qualifier = _WORD_BEFORE.search(head[:-1]).group().lower()
+        return _matches(word, _columns_of([aliases.get(qualifier, qualifier)], tables,
+                                          history_columns), "column")
     context = _context(_tokens(head.rsplit(";", 1)[-1]))
     if context == "table":
         return _matches(word, [HISTORY, *tables], "table")

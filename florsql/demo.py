@@ -23,16 +23,12 @@ RUNS = [
     ("smallerModel", ["--kwargs", "lr=0.05", "hidden=4"]),
 ]
 QUERY = """\
-SELECT r.runid, left(r.vid, 8) AS vid, r.status,
-       max(l.value_num) FILTER (WHERE l.value_name = 'lr') AS lr,
-       max(l.value_num) FILTER (WHERE l.value_name = 'hidden') AS hidden,
-       arg_max(l.value_num, lp.iteration) FILTER (WHERE l.value_name = 'accuracy')
-           AS final_accuracy
-FROM runs r
-JOIN logs l USING (tstamp)
-LEFT JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0
-GROUP BY r.runid, r.vid, r.status, r.tstamp
-ORDER BY r.tstamp"""
+SELECT runid, left(vid, 8) AS vid, lr, hidden,
+       arg_max(accuracy, epoch) AS final_accuracy,
+       max(accuracy) AS best_accuracy
+FROM history
+GROUP BY runid, vid, lr, hidden, tstamp
+ORDER BY tstamp"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     with Connection(str(repo)) as conn:
         cur = conn.execute(QUERY)
         print(format_rows([d[0] for d in cur.description], cur.fetchall()))
-    print(f"\nTry: florsql -c \"SELECT * FROM runs\" {repo}")
+    print(f"\nTry: florsql {repo}    (the shell; .help lists its commands)")
+    print(f"     florsql run best_epoch --project {repo}")
     return 0
 
 

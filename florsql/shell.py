@@ -23,7 +23,8 @@ import duckdb
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import get_app
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-from prompt_toolkit.filters import Condition, completion_is_selected
+from prompt_toolkit.completion import CompleteEvent, Completer
+from prompt_toolkit.filters import Condition, completion_is_selected, has_completions
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -34,9 +35,10 @@ from pygments.lexers.sql import SqlLexer
 from . import __version__, exceptions
 from .commands import CommandError, ExitShell, command_specs, dispatch, user_tables
 from .completion import Catalog, SqlCompleter
-from .dbapi import Connection, one_line
+from .dbapi import Connection
 from .formatting import format_rows, format_vertical, underline
 from .saved import SavedQueryError, list_queries
+from .translate import one_line
 
 DEFAULT_HISTORY = "~/.local/state/florsql/history"
 DEFAULT_PAGER = "less -SRFX"
@@ -93,9 +95,9 @@ class Shell:
         self.completer = SqlCompleter(lambda: self._catalog, command_specs())
         self.session: PromptSession[str] = PromptSession(
             message="florsql> ", prompt_continuation=lambda width, *_: "...> ".rjust(width),
-            multiline=True, key_bindings=_key_bindings(), completer=self.completer,
+            multiline=True, key_bindings=_key_bindings(self.completer), completer=self.completer,
             lexer=PygmentsLexer(SqlLexer), history=FileHistory(str(history_path(history_file))),
-            auto_suggest=AutoSuggestFromHistory(), enable_history_search=True,
+            auto_suggest=AutoSuggestFromHistory(), enable_history_search=False,
             complete_while_typing=True, input=input, output=output)
         self.run_quietly(conn.refresh)
         self.refresh_catalog()
@@ -142,9 +144,7 @@ class Shell:
                 return
 
     def run_sql(self, sql: str, params: dict | None = None, *, locate: bool = True) -> bool:
-        """Execute through the DB-API (which ingests first) and show the result.
-
-        `locate`: underline the name an error is about in `sql` (not for saved queries)."""
+        """Execute via the DB-API (it ingests first), show the result; `locate`: underline."""
         started = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -235,11 +235,22 @@ class Shell:
             print(text, file=self.stdout, flush=True)
 
 
-def _key_bindings() -> KeyBindings:
+def _key_bindings(completer: Completer) -> KeyBindings:
     kb = KeyBindings()
 
+    @kb.add("tab", filter=~has_completions)
+    def _complete(event: KeyPressEvent) -> None:
+        # A single candidate goes in at once: no race with keys typed or pasted after Tab.
+        buffer = event.current_buffer
+        requested = CompleteEvent(completion_requested=True)
+        found = list(completer.get_completions(buffer.document, requested))
+        if len(found) == 1:
+            buffer.apply_completion(found[0])
+        else:
+            buffer.start_completion(insert_common_part=True)
+
     @kb.add("enter", filter=completion_is_selected)
-    def _take_completion(event: KeyPressEvent) -> None:
+    def _take_completion(event: KeyPressEvent) -> None:  # keep the chosen one, close the menu
         event.current_buffer.complete_state = None
 
     @kb.add("enter", filter=Condition(lambda: ready_to_run(get_app().current_buffer.text))
