@@ -61,8 +61,11 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
 
     def register(self, named: dict[str, Any]) -> None:
+        """Take the objects, and allocate their buffers now, before the loop is timed."""
         validate_objects(named)
         self.objects.update(named)
+        for name, obj in named.items():
+            self._stage(obj.state_dict(), name, [])
 
     def at_boundary(self, loop: str, iteration: int, total: int | None, loop_secs: float) -> None:
         """Called before outer iteration `iteration` runs (iteration == total: loop ended)."""
@@ -76,12 +79,10 @@ class Checkpointer:
         """Stage a checkpoint and hand it to the writer; returns seconds the caller was blocked."""
         t0 = time.perf_counter()
         self._idle.wait()  # the previous write still owns the buffers
-        payload = {
-            "objects": {n: self._stage(o.state_dict(), n) for n, o in self.objects.items()},
-            "rng": capture_rng(),
-            "loop": loop,
-            "iteration": iteration,
-        }
+        copies: list[tuple] = []
+        objects = {n: self._stage(o.state_dict(), n, copies) for n, o in self.objects.items()}
+        _copy_all(copies)
+        payload = {"objects": objects, "rng": capture_rng(), "loop": loop, "iteration": iteration}
         event = _cuda_event()
         blocked = time.perf_counter() - t0
         self._idle.clear()
@@ -121,23 +122,27 @@ class Checkpointer:
             return iteration % self.every == 0
         return self._since * self.budget >= self._last_cost
 
-    def _stage(self, obj: Any, key: str) -> Any:
+    def _stage(self, obj: Any, key: str, copies: list[tuple]) -> Any:
+        """`obj` with every tensor replaced by its buffer; (buffer, tensor) pairs to copy."""
+        if type(obj) in _IMMUTABLE:
+            return obj
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
-            return self._copy_tensor(torch, obj, key)
+            buf = self._buffer_for(torch, obj, key)
+            copies.append((buf, obj))
+            return buf
         if isinstance(obj, dict):
-            return type(obj)((k, self._stage(v, f"{key}/{k}")) for k, v in obj.items())
+            return type(obj)((k, self._stage(v, f"{key}/{k}", copies)) for k, v in obj.items())
         if isinstance(obj, (list, tuple)):
-            return type(obj)(self._stage(v, f"{key}/{i}") for i, v in enumerate(obj))
+            return type(obj)(self._stage(v, f"{key}/{i}", copies) for i, v in enumerate(obj))
         return copy.deepcopy(obj)
 
-    def _copy_tensor(self, torch: Any, tensor: Any, key: str) -> Any:
+    def _buffer_for(self, torch: Any, tensor: Any, key: str) -> Any:
         buf = self._buffers.get(key)
         if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
             pin = tensor.is_cuda
             buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
             self._buffers[key] = buf
-        buf.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
         return buf
 
     def _ensure_thread(self) -> None:
@@ -173,13 +178,30 @@ class Checkpointer:
         write_atomic(path.with_suffix(".json"), json.dumps(entry).encode())
 
 
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def _copy_all(copies: list[tuple]) -> None:
+    """Copy every tensor into its buffer: one batched call per device, not one per tensor."""
+    if not copies:
+        return
+    torch = sys.modules["torch"]
+    with torch.no_grad():
+        on_cpu = [(b, t) for b, t in copies if not t.is_cuda]
+        on_gpu = [(b, t) for b, t in copies if t.is_cuda]
+        if on_cpu:
+            torch._foreach_copy_([b for b, _ in on_cpu], [t for _, t in on_cpu])
+        for buf, tensor in on_gpu:  # pinned destination: asynchronous, fenced by the event
+            buf.copy_(tensor, non_blocking=True)
+
+
 def checkpoint_path(ckpt_dir: Path, loop: str, iteration: int) -> Path:
     return ckpt_dir / f"{loop}-{iteration:06d}.pt"
 
 
 def _cuda_event() -> Any:
     torch = sys.modules.get("torch")
-    if torch is None or not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+    if torch is None or not torch.cuda.is_initialized():
         return None
     event = torch.cuda.Event()
     event.record()

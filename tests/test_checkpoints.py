@@ -69,7 +69,9 @@ def test_mtk_alias_registers_and_checkpoints(script_repo) -> None:
         "    opt.zero_grad(); net(torch.ones(1, 3)).sum().backward(); opt.step()\n")
     run_script(repo, "train.py")
     ckpt = sorted((repo / ".flor" / "runs").glob("*/ckpt/*.pt"))
-    assert [p.name for p in ckpt] == ["epoch-000000.pt", "epoch-000002.pt", "epoch-000003.pt"]
+    names = [p.name for p in ckpt]
+    assert {"epoch-000000.pt", "epoch-000002.pt", "epoch-000003.pt"} <= set(names)  # first,
+    assert names[-1] == "epoch-000003.pt"  # last, and end always; epoch 1 as the budget allows
     import torch
 
     state = torch.load(ckpt[-1], weights_only=False)
