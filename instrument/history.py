@@ -1,22 +1,70 @@
 """FlorDB's read-side helpers: `flor.dataframe`, `query`, `log_records`, `full_pivot`.
 
-They open the project's catalog through florsql (imported lazily: recording never needs it).
+They open the project's catalog through florsql (imported lazily: recording never needs it)
+and keep it open between calls, so a notebook's repeated calls run warm; the catalog is
+released after FLOR_CATALOG_IDLE seconds (default 10) without a call, so other florsql
+processes are not kept waiting.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 DATA_PREP = ("projid", "runid", "tstamp", "vid")
 _IDENTITY = (*DATA_PREP, "filename")
+_open: dict[Path, Any] = {}
+_timers: dict[Path, threading.Timer] = {}
+_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def _connection(path: str | os.PathLike) -> Iterator[Any]:
+    """The project's florsql connection, reused while calls keep coming."""
+    import florsql
+
+    key = Path(path).resolve()
+    with _lock:
+        timer = _timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        conn = _open.get(key) or florsql.connect(str(key))
+        _open[key] = conn
+        try:
+            yield conn
+        finally:
+            idle = float(os.environ.get("FLOR_CATALOG_IDLE", "10"))
+            _timers[key] = threading.Timer(idle, _release, args=(key,))
+            _timers[key].daemon = True
+            _timers[key].start()
+
+
+def _release_all() -> None:
+    for key in list(_open):
+        _release(key)
+
+
+atexit.register(_release_all)
+
+
+def _release(key: Path) -> None:
+    with _lock:
+        timer = _timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        conn = _open.pop(key, None)
+        if conn is not None:
+            conn.close()
 
 
 def query(sql: str, params: Any = None, path: str | os.PathLike = ".") -> Any:
     """Run SQL over the project's history (tables and `history`) and return a DataFrame."""
-    import florsql
-
-    with florsql.connect(str(path)) as conn:
+    with _connection(path) as conn:
         return conn.execute(sql, params).df()
 
 
@@ -28,11 +76,10 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
     """
     from sqlglot import exp
 
-    import florsql
 
     if not names:
         raise ValueError("flor.dataframe(*names): name at least one logged value or arg")
-    with florsql.connect(str(path)) as conn:
+    with _connection(path) as conn:
         conn.refresh()
         schema = conn.session.history_schema
         known = {k: info for k, info in schema.values.items()}
@@ -48,9 +95,7 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
 
 def log_records(path: str | os.PathLike = ".") -> Any:
     """Every recorded value in long form: identity, loop dims, value_name, value."""
-    import florsql
-
-    with florsql.connect(str(path)) as conn:
+    with _connection(path) as conn:
         conn.refresh()
         dims = sorted(conn.session.history_schema.dims.items(), key=lambda x: x[1])
         dim_cols = "".join(

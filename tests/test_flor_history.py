@@ -71,3 +71,22 @@ def test_full_pivot_of_log_records_matches_the_step_level_history(project: Path)
     assert len(pivot) == 12
     row = pivot[(pivot.runid == "b") & (pivot.epoch == 1) & (pivot.step == 2)].iloc[0]
     assert (float(row.loss), float(row.acc), float(row.lr)) == (7.0, 0.7, 0.2)
+
+
+def test_repeated_calls_see_new_runs_and_release_the_catalog_when_idle(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("FLOR_CATALOG_IDLE", "0.3")
+    before = len(flor.dataframe("lr", path=project))
+    run_script(project, "train.py", "--flor", "c", "--kwargs", "lr=0.3")
+    assert len(flor.dataframe("lr", path=project)) == before + 1  # same connection, new run
+    time.sleep(0.8)
+    other = subprocess.run(
+        [sys.executable, "-m", "florsql.cli", "-c", "SELECT count(*) FROM runs", str(project),
+         "--format", "csv"], capture_output=True, text=True,
+        env={**__import__("os").environ, "FLOR_CATALOG_TIMEOUT": "2"})
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.splitlines()[1] == str(before + 1)
