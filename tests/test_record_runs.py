@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 import florsql
 from conftest import git, run_script
 
@@ -125,3 +127,15 @@ def test_unnamed_loops_are_named_by_depth(script_repo) -> None:
         paths = conn.execute("SELECT count(DISTINCT path) FROM contexts WHERE depth = 3").fetchone()
     assert names == [(0, "epoch"), (1, "step"), (2, "loop2")]
     assert paths == (8,)
+
+
+def test_flor_home_moves_the_records_and_the_catalog_elsewhere(
+        train_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "shared-flor-home"
+    run_script(train_repo, "train.py", "--kwargs", "epochs=1", env={"FLOR_HOME": str(home)})
+    assert not (train_repo / ".flor").exists()
+    assert len(list((home / "runs").iterdir())) == 1
+    monkeypatch.setenv("FLOR_HOME", str(home))
+    with florsql.connect(train_repo) as conn:
+        assert conn.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+    assert (home / "catalog.duckdb").exists()
