@@ -132,7 +132,10 @@ class Checkpointer:
             copies.append((buf, obj))
             return buf
         if isinstance(obj, dict):
-            return type(obj)((k, self._stage(v, f"{key}/{k}", copies)) for k, v in obj.items())
+            staged = type(obj)((k, self._stage(v, f"{key}/{k}", copies)) for k, v in obj.items())
+            if hasattr(obj, "_metadata"):  # module versions: load_state_dict reads them
+                staged._metadata = copy.deepcopy(obj._metadata)
+            return staged
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._stage(v, f"{key}/{i}", copies) for i, v in enumerate(obj))
         return copy.deepcopy(obj)

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _DEFAULT_NAMES = ("epoch", "step")
+# Wake the record writer at the end of an outer iteration at most this often: a loop of tiny
+# outer iterations (no epoch loop) must not write and fsync a part per iteration.
+MIN_FLUSH_INTERVAL = 0.25
 
 
 def default_loop_name(depth: int) -> str:
@@ -42,7 +45,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
     session.check_unread_kwargs()
     total = _length(iterable)
     start, stop = replay.window(name) if replay else (0, None)
-    last = time.perf_counter()
+    last = last_flush = time.perf_counter()
     i = -1
     for i, item in enumerate(iterable):
         if i < start:
@@ -57,8 +60,11 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
             ckpt.at_boundary(name, i, total, now - last)
         last = time.perf_counter()
         yield item
-        rec.iterations.append((name, i, time.perf_counter() - last))
-        rec.flush_soon()
+        now = time.perf_counter()
+        rec.iterations.append((name, i, now - last))
+        if now - last_flush >= MIN_FLUSH_INTERVAL:
+            rec.flush_soon()
+            last_flush = now
     if not replay and i >= 0:
         rec.ctx = ()
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)

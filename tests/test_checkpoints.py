@@ -95,3 +95,18 @@ def test_checkpoint_survives_the_model_changing_afterwards(script_repo, tmp_path
     weights = {p.name: torch.load(p, weights_only=False)["objects"]["model"]["weight"].item()
                for p in (repo / ".flor" / "runs").glob("*/ckpt/*.pt")}
     assert weights == {"epoch-000000.pt": 1.0, "epoch-000001.pt": 11.0, "epoch-000002.pt": 21.0}
+
+
+def test_module_version_metadata_survives_in_the_checkpoint(script_repo) -> None:
+    repo = script_repo(
+        "import torch, flor\n"
+        "bn = torch.nn.BatchNorm1d(3)\n"
+        "flor.checkpoints(model=bn)\n"
+        "for e in flor.loop('epoch', range(2)):\n"
+        "    bn(torch.randn(4, 3))\n")
+    run_script(repo, "train.py")
+    import torch
+
+    last = sorted((repo / ".flor" / "runs").glob("*/ckpt/*.pt"))[-1]
+    state = torch.load(last, weights_only=False)["objects"]["model"]
+    assert state._metadata[""]["version"] == torch.nn.BatchNorm1d._version

@@ -484,8 +484,9 @@ def bench_train(env: Env, plan: Plan) -> dict:
 def paired_overhead(variant: list[float], base: list[float]) -> dict:
     """Median of per-repetition ratios (cancels drift), and the ratio of medians."""
     ratios = [v / b - 1 for v, b in zip(variant, base, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"paired_median": median(ratios), "of_medians": median(variant) / median(base) - 1,
-            "per_rep": ratios}
+            "iqr": [quartiles[0], quartiles[2]], "per_rep": ratios}
 
 
 def bench_paired(env: Env, plan: Plan) -> dict:
@@ -588,7 +589,8 @@ def train_lines(pa: dict, tr: dict) -> list[str]:
         line,
         f"  (one process, {pa['blocks']} alternating plain/instrumented epoch pairs of "
         f"{pa['steps_per_block']} steps; flor.commit() after each florsql epoch: "
-        f"{fs['flush_median_s'] * 1e3:.1f} ms median)",
+        f"{fs['flush_median_s'] * 1e3:.1f} ms median; pair-ratio IQR "
+        f"{fs['iqr'][0]:+.1%}..{fs['iqr'][1]:+.1%})",
         f"  one subprocess per variant ({len(plain_s)} reps, {tr['epochs']}x{tr['steps']} steps):"
         f" {sub} | florsql+checkpointing {ov['florsql+ckpt']['paired_median']:+.1%}",
         f"  subprocess loop seconds (median): {secs}; plain spread "
