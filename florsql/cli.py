@@ -17,10 +17,11 @@ from pathlib import Path
 
 from . import exceptions
 from .dbapi import Connection
+from .engine import EngineError
 from .formatting import FORMATS, format_rows
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
 
-SUBCOMMANDS = ("run", "queries")
+SUBCOMMANDS = ("run", "queries", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "replay":
+        from .replay_cli import replay_main
+
+        try:
+            return replay_main(argv[1:])
+        except (exceptions.Error, EngineError) as e:
+            return _fail(str(e))
     if argv and argv[0] in SUBCOMMANDS:
         return _run_saved(argv[1:]) if argv[0] == "run" else _list_saved(argv[1:])
     args = build_parser().parse_args(argv)

@@ -20,6 +20,7 @@ from .errors import (
     FlorRepoError,
     FlorWarning,
 )
+from .hindsight import replay
 from .history import DATA_PREP, dataframe, full_pivot, log_records, query
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "full_pivot",
     "log_records",
     "query",
+    "replay",
     "log",
     "loop",
 ]

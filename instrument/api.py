@@ -36,8 +36,8 @@ def session() -> Session:
 def log(name: str, value: T) -> T:
     """Record `value` under `name` at the current loop context and return it unchanged."""
     rec = _recorder or session().recorder
-    if name not in rec.known_names:
-        rec.admit_name(name)
+    if name not in rec.known_names and not rec.admit_name(name):
+        return value
     if type(value) in _SCALARS:
         rec.append((rec.ctx, name, value))
         return value

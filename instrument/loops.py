@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,7 +53,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
         if i < start:
             continue
         if stop is not None and i >= stop:
-            return
+            _end_replay(session)
         rec.ctx = ((name, i),)
         now = time.perf_counter()
         if replay and i == start:
@@ -68,6 +70,14 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
     if not replay and i >= 0:
         rec.ctx = ()
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)
+
+
+def _end_replay(session: Session) -> None:
+    """A replay that reached its stop iteration ends the process: what follows the loop would
+    run on a half-trained state and log wrong values."""
+    session.finish("finished")
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _length(iterable: Any) -> int | None:

@@ -32,12 +32,13 @@ Context = tuple  # ((loop_name, iteration), ...) from the outermost loop inward
 class Recorder:
     """Buffers the records of one run (or one replay) and owns its part writer."""
 
-    def __init__(self, out_dir: Path, source: str) -> None:
+    def __init__(self, out_dir: Path, source: str, only: frozenset[str] | None = None) -> None:
         self.queue: deque = deque()
         self.append = self.queue.append
         self.ctx: Context = ()
         self.depth = 0
         self.known_names: set[str] = set()
+        self.only = only  # a replay records just the names it was asked for
         self.iterations: deque = deque()
         self.args: deque = deque()
         self._by_lower: dict[str, str] = {}
@@ -45,8 +46,8 @@ class Recorder:
         self._writer = PartWriter(self, out_dir / "parts", source)
         self._writer.start()
 
-    def admit_name(self, name: str) -> None:
-        """Validate a name the first time it is logged in this run."""
+    def admit_name(self, name: str) -> bool:
+        """Validate a name the first time it is logged; False: a replay does not record it."""
         if not isinstance(name, str) or not name.strip():
             raise FlorNameError(f"flor.log: name must be a non-empty string, got {name!r}")
         if name in RESERVED_NAMES:
@@ -59,7 +60,10 @@ class Recorder:
                 f"flor.log({name!r}): differs only by case from {other!r} logged earlier; "
                 "SQL column names ignore case, so use one spelling"
             )
+        if self.only is not None and name not in self.only:
+            return False
         self.known_names.add(name)
+        return True
 
     def warn_unsupported(self, name: str, value: Any) -> None:
         key = (name, type(value).__name__)

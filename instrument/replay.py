@@ -1,9 +1,12 @@
 """Replay mode: a process started with FLOR_REPLAY re-runs part of a recorded run.
 
 FLOR_REPLAY holds JSON: {"run_dir": ..., "replay_id": ..., "loop": "epoch", "start": k,
-"stop": k2}. The outer loop skips to iteration `start`, restores the checkpoint saved there
-(objects and RNG states), runs until `stop` (exclusive; null runs to the end), and its records
-go to `<run_dir>/replays/<replay_id>/` with source `replay`, attached to the original run.
+"stop": k2, "names": [...], "out_dir": ...}. The outer loop skips to iteration `start`,
+restores the checkpoint saved there (objects and RNG states) and runs until `stop`
+(exclusive; null runs to the end of the script). A replay stopped early exits right there, so
+code after the loop never runs on a half-trained state. Only `names` are recorded (all when
+absent), with source `replay`, into `out_dir` (default `<run_dir>/replays/<replay_id>/`);
+the replay executor moves a finished one there, so ingest never sees a partial replay.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ class ReplaySpec:
     loop: str | None
     start: int
     stop: int | None
+    names: frozenset[str] | None = None
+    staging_dir: Path | None = None
 
     @property
     def out_dir(self) -> Path:
-        return self.run_dir / "replays" / self.replay_id
+        return self.staging_dir or self.run_dir / "replays" / self.replay_id
 
     def window(self, loop: str) -> tuple[int, int | None]:
         """The iterations of outer loop `loop` to run; other outer loops run whole."""
@@ -47,6 +52,8 @@ def replay_spec_from_env() -> ReplaySpec | None:
             loop=doc.get("loop"),
             start=int(doc.get("start", 0)),
             stop=None if doc.get("stop") is None else int(doc["stop"]),
+            names=None if doc.get("names") is None else frozenset(doc["names"]),
+            staging_dir=Path(doc["out_dir"]) if doc.get("out_dir") else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise FlorReplayError(f"flor: FLOR_REPLAY is not a valid replay spec ({exc})") from None

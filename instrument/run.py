@@ -64,7 +64,7 @@ class Session:
             source = "forward"
             self._write_identity(out_dir / "run.json", self._identity())
         self.out_dir = out_dir
-        self.recorder = Recorder(out_dir, source)
+        self.recorder = Recorder(out_dir, source, self.replay.names if self.replay else None)
         self.checkpointer = Checkpointer(self.run_dir / "ckpt")
 
     def check_unread_kwargs(self) -> None:

@@ -1,0 +1,161 @@
+"""Plan a hindsight replay: which runs lack which names, the patched code for each version,
+the segments to run from checkpoints, and an estimate of the time it takes.
+
+plan_replay(session, names, where) -> ReplayPlan. Nothing runs here; `replay_run` executes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlglot
+from sqlglot import exp
+
+from .catalog_session import CatalogSession
+from .errors import EngineError
+from .propagate import Refusal, propagate
+from .where import parse_where
+
+# Seconds a replay process needs before its first iteration (interpreter, imports, data
+# loading); refined from finished replays once there are some.
+DEFAULT_STARTUP_SECONDS = 2.0
+
+
+@dataclass
+class Segment:
+    start: int  # first outer iteration, restored from its checkpoint
+    stop: int | None  # exclusive; None: to the end of the script
+    seconds: float  # estimated
+
+
+@dataclass
+class RunPlan:
+    tstamp: str
+    runid: str
+    vid: str
+    filename: str
+    argv: list[str]
+    run_dir: str
+    names: list[str]
+    project_root: Path
+    loop: str | None = None
+    patched: str | None = None
+    refusal: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class ReplayPlan:
+    names: list[str]
+    runs: list[RunPlan]
+    workers: int
+
+    @property
+    def tasks(self) -> list[tuple[RunPlan, Segment]]:
+        return [(r, s) for r in self.runs if r.refusal is None for s in r.segments]
+
+    @property
+    def estimated_seconds(self) -> float:
+        """Makespan of the longest-first assignment of segments to the workers."""
+        loads = [0.0] * max(1, self.workers)
+        for seg in sorted((s.seconds for _, s in self.tasks), reverse=True):
+            loads[loads.index(min(loads))] += seg
+        return max(loads)
+
+
+def plan_replay(session: CatalogSession, names: list[str], where: str | None = None,
+                workers: int = 1) -> ReplayPlan:
+    """The replay that recovers `names` for the finished runs matching `where`."""
+    session.refresh()
+    runs = [_run_plan(session, row, names) for row in _candidate_runs(session, where)]
+    runs = [r for r in runs if r.names]
+    startup = _startup_seconds(session)
+    for run in runs:
+        if run.refusal is None:
+            run.segments = _segments(session, run, workers, startup)
+    return ReplayPlan(names=list(names), runs=runs, workers=workers)
+
+
+def _candidate_runs(session: CatalogSession, where: str | None) -> list[tuple]:
+    query = exp.select("tstamp").distinct().from_("history")
+    if where:
+        query = query.where(parse_where(where))
+    rewritten = session.prepare(query.sql(dialect="duckdb"))
+    tstamps = exp.select("r.tstamp", "r.runid", "r.vid", "r.filename", "r.argv", "r.run_dir")
+    sql = (tstamps.from_("runs AS r").where("r.status = 'finished'")
+           .where(exp.In(this=exp.column("tstamp", "r"),
+                         query=sqlglot.parse_one(rewritten.sql, read="duckdb").subquery()))
+           .order_by("r.tstamp"))
+    return session.con.execute(sql.sql(dialect="duckdb")).fetchall()
+
+
+def _run_plan(session: CatalogSession, row: tuple, names: list[str]) -> RunPlan:
+    tstamp, runid, vid, filename, argv, run_dir = row
+    have = {n for (n,) in session.con.execute(
+        "SELECT DISTINCT lower(value_name) FROM logs WHERE tstamp = ?", [tstamp]).fetchall()}
+    missing = [n for n in names if n.lower() not in have]
+    plan = RunPlan(str(tstamp), runid, vid, filename, list(argv), run_dir, missing,
+                   session.project.root)
+    if not missing:
+        return plan
+    try:
+        old = _source_at(session.project.root, vid, filename)
+        new = (session.project.root / filename).read_text()
+    except (OSError, EngineError) as e:
+        plan.refusal = str(e)
+        return plan
+    result = propagate(old, new, missing)
+    if isinstance(result, Refusal):
+        plan.refusal = f"{result.name}: {result.reason}"
+    else:
+        plan.patched = result.source
+    return plan
+
+
+def _segments(session: CatalogSession, run: RunPlan, workers: int,
+              startup: float) -> list[Segment]:
+    """Contiguous ranges of outer iterations, each starting at a durable checkpoint."""
+    ckpts = session.con.execute(
+        "SELECT loop_name, iteration FROM checkpoints WHERE tstamp = ? ORDER BY iteration",
+        [run.tstamp]).fetchall()
+    seconds = dict(session.con.execute(
+        "SELECT iteration, seconds FROM iterations WHERE tstamp = ? AND source = 'forward'",
+        [run.tstamp]).fetchall())
+    total = sum(seconds.values())
+    if not ckpts or not seconds:  # no loop or no checkpoints: the whole script, once
+        return [Segment(0, None, startup + total)]
+    run.loop = ckpts[0][0]
+    n_iters = max(seconds) + 1
+    starts = _split_points([i for _, i in ckpts if i < n_iters], seconds, workers)
+    bounds = [*starts[1:], None]
+    return [Segment(a, b, startup + sum(v for i, v in seconds.items()
+                                        if i >= a and (b is None or i < b)))
+            for a, b in zip(starts, bounds, strict=True)]
+
+
+def _split_points(ckpt_iters: list[int], seconds: dict[int, float], workers: int) -> list[int]:
+    """Up to `workers` checkpointed start iterations that balance the loop time."""
+    total = sum(seconds.values())
+    points, acc, target = [0], 0.0, total / max(1, workers)
+    for i in sorted(seconds):
+        if acc >= target * len(points) and i in ckpt_iters and i not in points:
+            points.append(i)
+            if len(points) == workers:
+                break
+        acc += seconds[i]
+    return points
+
+
+def _startup_seconds(session: CatalogSession) -> float:
+    return DEFAULT_STARTUP_SECONDS
+
+
+def _source_at(root: Path, vid: str, filename: str) -> str:
+    proc = subprocess.run(["git", "show", f"{vid}:{filename}"], cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EngineError(f"the code of version {vid[:10]} is not in this repository "
+                          f"({proc.stderr.strip()[:120]}); fetch refs/flor/snapshots/*")
+    return proc.stdout

@@ -1,0 +1,92 @@
+"""Hindsight replay end to end: today's new log statements, recovered for past versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import flor
+import florsql
+from conftest import git, make_repo, run_script
+from florsql.cli import main
+
+V1 = """
+import torch, flor
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+lr = flor.arg("lr", 0.05)
+epochs = flor.arg("epochs", 3)
+X = torch.randn(256, 10)
+Y = (X[:, :2].sum(1, keepdim=True) > 0).float()
+train = DataLoader(TensorDataset(X[:192], Y[:192]), batch_size=32, shuffle=True)
+VX, VY = X[192:], Y[192:]
+model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+crit = nn.BCEWithLogitsLoss()
+
+with flor.checkpointing(model=model, optimizer=opt):
+    for epoch in flor.loop("epoch", range(epochs)):
+        for x, y in flor.loop("step", train):
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            opt.step()
+            flor.log("loss", loss.item())
+        with torch.no_grad():
+            acc = ((model(VX) > 0).float() == VY).float().mean().item()
+        print("epoch", epoch, "acc", acc)
+"""
+V2 = V1.replace("model", "net")  # the same code, the model variable renamed
+TODAY = V2.replace(
+    "            loss.backward()\n",
+    "            loss.backward()\n"
+    "            flor.log(\"grad_norm\", sum(p.grad.norm().item() for p in net.parameters()))\n",
+).replace(
+    "        print(\"epoch\", epoch, \"acc\", acc)\n",
+    "        print(\"epoch\", epoch, \"acc\", acc)\n        flor.log(\"val_acc\", acc)\n")
+VALUES = (
+    "SELECT r.runid, l.value_name, c.path, l.value_num FROM logs l JOIN runs r USING (tstamp) "
+    "JOIN contexts c USING (tstamp, ctx_id) WHERE l.value_name IN ('val_acc', 'grad_norm') "
+    "AND l.source = ? ORDER BY ALL")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = make_repo(tmp_path_factory.mktemp("replay") / "proj", {"train.py": V1})
+    run_script(repo, "train.py", "--flor", "a", "--kwargs", "lr=0.05")
+    run_script(repo, "train.py", "--flor", "b", "--kwargs", "lr=0.1")
+    (repo / "train.py").write_text(V2)
+    git(repo, "commit", "-qam", "rename model to net")
+    run_script(repo, "train.py", "--flor", "c", "--kwargs", "lr=0.02")
+    (repo / "train.py").write_text(TODAY)  # today's edit, not committed
+    return repo
+
+
+def test_replayed_values_equal_a_fresh_run_of_todays_script(history: Path) -> None:
+    assert main(["replay", "val_acc,grad_norm", "--workers", "2",
+                 "--project", str(history)]) == 0
+    for runid, lr in (("a", "0.05"), ("b", "0.1"), ("c", "0.02")):
+        run_script(history, "train.py", "--flor", runid, "--kwargs", f"lr={lr}")
+    with florsql.connect(history) as conn:
+        replayed = conn.execute(VALUES, ["replay"]).fetchall()
+        fresh = conn.execute(VALUES, ["forward"]).fetchall()
+        per_run = conn.execute(
+            "SELECT r.runid, count(*) FROM logs l JOIN runs r USING (tstamp) "
+            "WHERE l.source = 'replay' GROUP BY 1 ORDER BY 1").fetchall()
+    assert len(replayed) == 3 * (3 + 3 * 6)  # 3 runs x (3 val_acc + 18 grad_norm)
+    assert replayed == fresh  # bit for bit: DOUBLE equality
+    assert per_run == [("a", 21), ("b", 21), ("c", 21)]  # only the asked-for names
+
+
+def test_a_second_replay_has_nothing_left_to_do(history: Path) -> None:
+    df = flor.replay(["val_acc", "grad_norm"], path=history, dry_run=True)
+    assert df.empty or set(df.status) <= {"planned"} and not any(df.names)
+
+
+def test_the_users_tree_and_branch_are_untouched_by_replay(history: Path) -> None:
+    assert (history / "train.py").read_text() == TODAY
+    assert git(history, "status", "--porcelain") == "M train.py"
+    assert git(history, "worktree", "list").count("\n") == 0  # replay worktrees removed
