@@ -99,8 +99,13 @@ class Cursor:
         self._closed = False
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict | None = None) -> Cursor:
+        return self._execute(sql, parameters, refresh=True)
+
+    def _execute(self, sql: str, parameters: Any, refresh: bool) -> Cursor:
+        """`execute`, optionally without the ingest check (for callers that just did it)."""
         self._check_open()
-        self.connection.refresh()
+        if refresh:
+            self.connection.refresh()
         self.messages = list(self.connection.messages)
         self.connection.messages.clear()
         session = self.connection.session

@@ -90,7 +90,8 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
         select = ", ".join(exp.to_identifier(c, quoted=True).sql("duckdb") for c in columns)
         order = ", ".join(["tstamp", *(exp.to_identifier(d, quoted=True).sql("duckdb")
                                        for d in dims)])
-        return conn.execute(f"SELECT {select} FROM history ORDER BY {order}").df()
+        sql = f"SELECT {select} FROM history ORDER BY {order}"
+        return conn.cursor()._execute(sql, None, refresh=False).df()
 
 
 def log_records(path: str | os.PathLike = ".") -> Any:
@@ -107,7 +108,7 @@ def log_records(path: str | os.PathLike = ".") -> Any:
             "FROM logs l JOIN runs r USING (tstamp) LEFT JOIN loops lp "
             "ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id "
             "GROUP BY ALL ORDER BY r.tstamp, min(l.ord)")
-        return conn.execute(sql).df()
+        return conn.cursor()._execute(sql, None, refresh=False).df()
 
 
 def full_pivot(df: Any) -> Any:
