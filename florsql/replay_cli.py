@@ -37,13 +37,14 @@ def replay_main(argv: list[str]) -> int:
         print(f"{len(plan.tasks)} task(s) on {plan.workers} worker(s), "
               f"estimated {plan.estimated_seconds:.1f} s")
         if args.dry_run or not plan.tasks:
-            return 0
+            return 1 if any(r.refusal for r in plan.runs) else 0
         results = run_replay(conn.session, plan, _progress_printer(plan.estimated_seconds))
     failed = [r for r in results if not r.ok]
     for r in failed:
         print(f"florsql: replay of {r.run.runid} ({r.run.tstamp}) failed: {r.error}",
               file=sys.stderr)
-    return 1 if failed else 0
+    refused = [r for r in plan.runs if r.refusal]
+    return 1 if failed or refused else 0
 
 
 def plan_table(plan) -> tuple[list[str], list[tuple]]:

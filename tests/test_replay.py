@@ -65,12 +65,18 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def test_replayed_values_equal_a_fresh_run_of_todays_script(history: Path) -> None:
+@pytest.fixture(scope="module")
+def replayed(history: Path) -> Path:
+    """The history after `florsql replay`, plus a fresh run of today's script per old run."""
     assert main(["replay", "val_acc,grad_norm", "--workers", "2",
                  "--project", str(history)]) == 0
     for runid, lr in (("a", "0.05"), ("b", "0.1"), ("c", "0.02")):
         run_script(history, "train.py", "--flor", runid, "--kwargs", f"lr={lr}")
-    with florsql.connect(history) as conn:
+    return history
+
+
+def test_replayed_values_equal_a_fresh_run_of_todays_script(replayed: Path) -> None:
+    with florsql.connect(replayed) as conn:
         replayed = conn.execute(VALUES, ["replay"]).fetchall()
         fresh = conn.execute(VALUES, ["forward"]).fetchall()
         per_run = conn.execute(
@@ -81,12 +87,72 @@ def test_replayed_values_equal_a_fresh_run_of_todays_script(history: Path) -> No
     assert per_run == [("a", 21), ("b", 21), ("c", 21)]  # only the asked-for names
 
 
-def test_a_second_replay_has_nothing_left_to_do(history: Path) -> None:
-    df = flor.replay(["val_acc", "grad_norm"], path=history, dry_run=True)
+def test_a_second_replay_has_nothing_left_to_do(replayed: Path) -> None:
+    df = flor.replay(["val_acc", "grad_norm"], path=replayed, dry_run=True)
     assert df.empty or set(df.status) <= {"planned"} and not any(df.names)
 
 
-def test_the_users_tree_and_branch_are_untouched_by_replay(history: Path) -> None:
-    assert (history / "train.py").read_text() == TODAY
-    assert git(history, "status", "--porcelain") == "M train.py"
-    assert git(history, "worktree", "list").count("\n") == 0  # replay worktrees removed
+def test_the_users_tree_and_branch_are_untouched_by_replay(replayed: Path) -> None:
+    assert (replayed / "train.py").read_text() == TODAY
+    assert git(replayed, "status", "--porcelain") == "M train.py"
+    assert git(replayed, "worktree", "list").count("\n") == 0  # replay worktrees removed
+
+
+FAILING = TODAY.replace(
+    "        flor.log(\"val_acc\", acc)\n",
+    "        flor.log(\"val_acc\", acc)\n"
+    "        flor.log(\"boom\", acc / (epoch - 1) if lr > 0.04 else acc)\n")
+
+
+def test_a_failing_replay_is_reported_and_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": V2})
+    run_script(repo, "train.py", "--flor", "ok", "--kwargs", "lr=0.02", "epochs=2")
+    run_script(repo, "train.py", "--flor", "bad", "--kwargs", "lr=0.05", "epochs=2")
+    (repo / "train.py").write_text(FAILING.replace("acc / (epoch - 1)", "acc / (epoch - epoch)"))
+    assert main(["replay", "boom", "--workers", "1", "--project", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "replay of bad" in err and "ZeroDivisionError" in err and "version" in err
+    with florsql.connect(repo) as conn:
+        rows = conn.execute(
+            "SELECT r.runid, count(*) FROM logs l JOIN runs r USING (tstamp) "
+            "WHERE l.value_name = 'boom' GROUP BY 1").fetchall()
+    assert rows == [("ok", 2)]  # the failed run kept nothing, the other one finished
+    assert not list((repo / ".flor" / "replays-staging").glob("*"))
+    # a second replay redoes only what is missing: the failed run, which fails again
+    plan = flor.replay("boom", path=repo, dry_run=True)
+    assert plan.runid.tolist() == ["bad"]
+
+
+def test_a_version_that_cannot_take_the_statement_is_refused_with_a_reason(
+        tmp_path: Path, capsys) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": V2})
+    run_script(repo, "train.py", "--flor", "old", "--kwargs", "epochs=1")
+    (repo / "train.py").write_text(TODAY.replace(
+        "        flor.log(\"val_acc\", acc)\n",
+        "        flor.log(\"val_acc\", acc)\n        flor.log(\"f1\", f1_score(net, VX, VY))\n"))
+    plan = flor.replay("f1", path=repo, dry_run=True)
+    assert plan.status.tolist() == ["refused"] and "f1_score" in plan.error[0]
+    assert main(["replay", "f1", "--project", str(repo)]) == 1
+    assert "refused" in capsys.readouterr().out
+
+
+def test_replayed_records_survive_a_rebuilt_catalog(replayed: Path) -> None:
+    query = "SELECT count(*) FROM logs WHERE source = 'replay'"
+    with florsql.connect(replayed) as conn:
+        before = conn.execute(query).fetchone()
+    (replayed / ".flor" / "catalog.duckdb").unlink()
+    with florsql.connect(replayed) as conn:
+        assert conn.execute(query).fetchone() == before != (0,)
+
+
+def test_the_where_clause_picks_the_runs_in_sql_or_pandas_style(replayed: Path) -> None:
+    from florsql.engine.replay_plan import _candidate_runs
+
+    with florsql.connect(replayed) as conn:
+        by_sql = _candidate_runs(conn.session, "lr > 0.06 AND loss IS NOT NULL")
+        by_pandas = _candidate_runs(conn.session,
+                                    "lr.astype('float') > 0.06 and loss.notna()")
+        everything = _candidate_runs(conn.session, None)
+    assert by_sql == by_pandas
+    assert {r[1] for r in by_sql} == {"b"} and len(by_sql) == 2  # the run and its fresh twin
+    assert len(everything) == 6
