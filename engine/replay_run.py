@@ -24,6 +24,7 @@ from .catalog_session import CatalogSession
 from .replay_plan import ReplayPlan, RunPlan, Segment
 
 TRACEBACK_LINES = 8
+MEMO_UNSAFE_EXIT = 3  # flor's replay process: memoization turned out unsafe
 
 
 @dataclass
@@ -33,6 +34,7 @@ class TaskResult:
     ok: bool
     seconds: float
     error: str | None = None
+    memoized: bool = False  # the inner loops were skipped (and the run-time check held)
 
 
 def run_replay(session: CatalogSession, plan: ReplayPlan,
@@ -63,7 +65,11 @@ def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int,
         try:
             _add_worktree(session.project.root, worktree, run.vid)
             (worktree / run.filename).write_text(run.patched or "")
-            proc = _launch(worktree, run, seg, replay_id, staging, slot, threads)
+            proc = _launch(worktree, run, seg, replay_id, staging, slot, threads, run.memoize)
+            memoized = run.memoize and proc.returncode == 0
+            if run.memoize and proc.returncode == MEMO_UNSAFE_EXIT:  # replay it in full
+                shutil.rmtree(staging, ignore_errors=True)
+                proc = _launch(worktree, run, seg, replay_id, staging, slot, threads, False)
         except (OSError, RuntimeError) as e:
             shutil.rmtree(staging, ignore_errors=True)
             return TaskResult(run, seg, False, time.monotonic() - started,
@@ -78,13 +84,14 @@ def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int,
     final = Path(run.run_dir) / "replays" / replay_id
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, final)
-    return TaskResult(run, seg, True, time.monotonic() - started)
+    return TaskResult(run, seg, True, time.monotonic() - started, memoized=memoized)
 
 
 def _launch(worktree: Path, run: RunPlan, seg: Segment, replay_id: str, staging: Path,
-            slot: int, threads: int) -> subprocess.CompletedProcess:
+            slot: int, threads: int, memoize: bool) -> subprocess.CompletedProcess:
     spec = {"run_dir": run.run_dir, "replay_id": replay_id, "loop": run.loop,
-            "start": seg.start, "stop": seg.stop, "names": run.names, "out_dir": str(staging)}
+            "start": seg.start, "stop": seg.stop, "names": run.names, "out_dir": str(staging),
+            "memoize": memoize}
     env = {**os.environ, "FLOR_REPLAY": json.dumps(spec), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "FLOR_PROJECT_ROOT": str(run.project_root)}
     gpus = os.environ.get("FLOR_REPLAY_GPUS")

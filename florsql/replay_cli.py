@@ -49,7 +49,8 @@ def replay_main(argv: list[str]) -> int:
 
 def plan_table(plan) -> tuple[list[str], list[tuple]]:
     rows = [(r.runid, r.tstamp, r.vid[:10], ",".join(r.names),
-             "refused: " + r.refusal if r.refusal else f"{len(r.segments)} segment(s)",
+             "refused: " + r.refusal if r.refusal else
+             f"{len(r.segments)} segment(s)" + (", inner loops skipped" if r.memoize else ""),
              round(sum(s.seconds for s in r.segments), 1)) for r in plan.runs]
     return ["runid", "tstamp", "vid", "names", "plan", "est_seconds"], rows
 

@@ -111,6 +111,18 @@ class Checkpointer:
             obj.load_state_dict(payload["objects"][name])
         restore_rng(payload["rng"])
 
+    def differs_from(self, run_dir: Path, loop: str, iteration: int) -> str | None:
+        """What differs between the live objects and RNGs and a checkpoint; None: nothing."""
+        payload = _load(checkpoint_path(run_dir / "ckpt", loop, iteration))
+        for name, obj in self.objects.items():
+            if not _same(obj.state_dict(), payload["objects"][name]):
+                return f"the code after the inner loop changed {name}"
+        current = capture_rng()
+        for gen, state in payload["rng"].items():
+            if gen in current and not _same(current[gen], state):
+                return f"the code after the inner loop drew from the {gen} random generator"
+        return None
+
     def wait(self) -> None:
         """Block until every staged checkpoint is durable."""
         self._idle.wait()
@@ -182,6 +194,21 @@ class Checkpointer:
 
 
 _IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality of states: tensors and arrays compared element by element."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a.cpu(), b.cpu())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(a, numpy.ndarray):
+        return bool(numpy.array_equal(a, b))
+    return bool(a == b)
 
 
 def _copy_all(copies: list[tuple]) -> None:

@@ -31,7 +31,7 @@ def replay(apply_vars: list[str] | str, where_clause: str | None = None,
         outcome.setdefault(result.run.tstamp, []).append(result)
     rows = [_row(run, outcome.get(run.tstamp, []), dry_run) for run in plan.runs]
     return pd.DataFrame(rows, columns=["runid", "tstamp", "vid", "names", "status",
-                                       "est_seconds", "seconds", "error"])
+                                       "memoized", "est_seconds", "seconds", "error"])
 
 
 def _row(run: Any, results: list, dry_run: bool) -> tuple:
@@ -43,5 +43,6 @@ def _row(run: Any, results: list, dry_run: bool) -> tuple:
         failed = [r for r in results if not r.ok]
         status, error = ("failed", failed[0].error) if failed else ("replayed", None)
     estimate = sum(s.seconds for s in run.segments)
-    return (run.runid, run.tstamp, run.vid, ",".join(run.names), status, round(estimate, 2),
-            round(sum(r.seconds for r in results), 2), error)
+    memoized = all(r.memoized for r in results) if results else run.memoize
+    return (run.runid, run.tstamp, run.vid, ",".join(run.names), status, memoized,
+            round(estimate, 2), round(sum(r.seconds for r in results), 2), error)

@@ -33,6 +33,8 @@ def iterate(session: Session, name: str | None, iterable: Iterable[T]) -> Iterat
     try:
         if depth == 0:
             yield from _outer(session, name, iterable)
+        elif depth == 1 and session.memo_pending is not None:
+            _skip_inner_loop(session)  # memoized: jump to the state at its end, yield nothing
         else:
             for i, item in enumerate(iterable):
                 rec.ctx = parent + ((name, i),)
@@ -52,12 +54,16 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
     for i, item in enumerate(iterable):
         if i < start:
             continue
+        if replay and replay.memoize and i > start:
+            _verify_memoized(session, name, i)
         if stop is not None and i >= stop:
             _end_replay(session)
         rec.ctx = ((name, i),)
         now = time.perf_counter()
         if replay and i == start:
             ckpt.restore(replay.run_dir, name, i)
+        if replay and replay.memoize:
+            session.memo_pending = (name, i + 1)
         elif not replay:
             ckpt.at_boundary(name, i, total, now - last)
         last = time.perf_counter()
@@ -67,9 +73,34 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
         if now - last_flush >= MIN_FLUSH_INTERVAL:
             rec.flush_soon()
             last_flush = now
+    if replay and replay.memoize and i >= start:
+        _verify_memoized(session, name, i + 1)
     if not replay and i >= 0:
         rec.ctx = ()
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)
+
+
+# A memoized replay whose code after the inner loop changed the checkpointed state or drew
+# random numbers exits with this code; the executor then replays that run in full.
+MEMO_UNSAFE_EXIT = 3
+
+
+def _skip_inner_loop(session: Session) -> None:
+    loop, end = session.memo_pending
+    session.memo_pending = None
+    session.checkpointer.restore(session.replay.run_dir, loop, end)
+
+
+def _verify_memoized(session: Session, loop: str, iteration: int) -> None:
+    """After the code that follows a skipped inner loop, the state must still equal the end
+    state that was restored, or that code's values would not be the original run's."""
+    session.memo_pending = None
+    problem = session.checkpointer.differs_from(session.replay.run_dir, loop, iteration)
+    if problem:
+        print(f"flor: memoization unsafe at {loop}={iteration - 1}: {problem}",
+              file=sys.stderr, flush=True)
+        session.finish("failed", "memoization unsafe")
+        os._exit(MEMO_UNSAFE_EXIT)
 
 
 def _end_replay(session: Session) -> None:

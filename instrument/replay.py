@@ -7,6 +7,9 @@ restores the checkpoint saved there (objects and RNG states) and runs until `sto
 code after the loop never runs on a half-trained state. Only `names` are recorded (all when
 absent), with source `replay`, into `out_dir` (default `<run_dir>/replays/<replay_id>/`);
 the replay executor moves a finished one there, so ingest never sees a partial replay.
+With "memoize": true, the first inner loop of each outer iteration k is skipped by restoring
+the checkpoint of k + 1 (the state at its end); at the next boundary the state must still
+equal that checkpoint, else the process exits with code 3 and the run is replayed in full.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class ReplaySpec:
     stop: int | None
     names: frozenset[str] | None = None
     staging_dir: Path | None = None
+    memoize: bool = False
 
     @property
     def out_dir(self) -> Path:
@@ -54,6 +58,7 @@ def replay_spec_from_env() -> ReplaySpec | None:
             stop=None if doc.get("stop") is None else int(doc["stop"]),
             names=None if doc.get("names") is None else frozenset(doc["names"]),
             staging_dir=Path(doc["out_dir"]) if doc.get("out_dir") else None,
+            memoize=bool(doc.get("memoize", False)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise FlorReplayError(f"flor: FLOR_REPLAY is not a valid replay spec ({exc})") from None

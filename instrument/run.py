@@ -50,6 +50,7 @@ class Session:
         self.home = flor_home(self.repo_root)
         self.filename = _relative_script(script, self.repo_root)
         self.args: dict[str, object] = {}
+        self.memo_pending: tuple[str, int] | None = None  # memoized replay: skip next inner loop
         self.status: str | None = None
         self.error: str | None = None
         self._finished = False

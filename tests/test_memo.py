@@ -1,0 +1,81 @@
+"""Memoized replay: skip the inner loop only where it provably cannot change the answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_replay import V2
+
+import flor
+import florsql
+from conftest import make_repo, run_script
+from florsql.engine.memo import is_memoizable
+
+EPOCH_LEVEL = V2.replace(
+    "        print(\"epoch\", epoch, \"acc\", acc)\n",
+    "        print(\"epoch\", epoch, \"acc\", acc)\n        flor.log(\"val_acc\", acc)\n")
+
+
+def _line_of(source: str, text: str) -> int:
+    return next(i for i, line in enumerate(source.splitlines(), 1) if text in line)
+
+
+def test_an_epoch_level_statement_reading_only_checkpointed_state_is_memoizable() -> None:
+    assert is_memoizable(EPOCH_LEVEL, [_line_of(EPOCH_LEVEL, "val_acc")])
+
+
+def test_a_statement_reading_a_variable_of_the_inner_loop_is_not() -> None:
+    src = EPOCH_LEVEL.replace("flor.log(\"val_acc\", acc)", "flor.log(\"val_acc\", loss.item())")
+    assert not is_memoizable(src, [_line_of(src, "val_acc")])
+
+
+def test_a_step_level_statement_or_a_training_call_after_the_loop_is_not() -> None:
+    step = EPOCH_LEVEL.replace("            opt.step()\n",
+                               "            opt.step()\n            flor.log(\"g\", 1.0)\n")
+    assert not is_memoizable(step, [_line_of(step, "\"g\"")])
+    trains = EPOCH_LEVEL.replace("        flor.log(\"val_acc\", acc)\n",
+                                 "        flor.log(\"val_acc\", acc)\n        opt.step()\n")
+    assert not is_memoizable(trains, [_line_of(trains, "val_acc")])
+
+
+def _project(tmp_path: Path, today: str) -> Path:
+    repo = make_repo(tmp_path / "proj", {"train.py": V2})
+    # epochs this short get adaptive checkpoints only now and then: memoization needs each
+    run_script(repo, "train.py", "--flor", "a", "--kwargs", "lr=0.05",
+               env={"FLOR_CHECKPOINT_EVERY": "1"})
+    (repo / "train.py").write_text(today)
+    return repo
+
+
+def _values(repo: Path, source: str) -> list[tuple]:
+    with florsql.connect(repo) as conn:
+        return conn.execute(
+            "SELECT c.path, l.value_num FROM logs l JOIN contexts c USING (tstamp, ctx_id) "
+            "WHERE l.value_name = 'val_acc' AND l.source = ? ORDER BY 1", [source]).fetchall()
+
+
+def test_a_memoized_replay_gives_the_values_of_a_fresh_run(tmp_path: Path) -> None:
+    repo = _project(tmp_path, EPOCH_LEVEL)
+    plan = flor.replay("val_acc", path=repo, dry_run=True)
+    assert plan.status.tolist() == ["planned"]
+    from florsql.engine.replay_plan import plan_replay
+
+    with florsql.connect(repo) as conn:
+        assert plan_replay(conn.session, ["val_acc"]).runs[0].memoize
+    result = flor.replay("val_acc", path=repo)
+    assert result[["status", "memoized"]].values.tolist() == [["replayed", True]]
+    run_script(repo, "train.py", "--flor", "fresh", "--kwargs", "lr=0.05")
+    replayed = _values(repo, "replay")
+    assert len(replayed) == 3 and replayed == _values(repo, "forward")
+
+
+def test_code_after_the_loop_that_draws_random_numbers_falls_back_to_a_full_replay(
+        tmp_path: Path) -> None:
+    noisy = EPOCH_LEVEL.replace(
+        "        flor.log(\"val_acc\", acc)\n",
+        "        flor.log(\"val_acc\", acc + 0 * torch.rand(1).item())\n")
+    repo = _project(tmp_path, noisy)
+    result = flor.replay("val_acc", path=repo)
+    assert result[["status", "memoized"]].values.tolist() == [["replayed", False]]
+    run_script(repo, "train.py", "--flor", "fresh", "--kwargs", "lr=0.05")
+    assert _values(repo, "replay") == _values(repo, "forward")
