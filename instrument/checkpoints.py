@@ -111,6 +111,10 @@ class Checkpointer:
             obj.load_state_dict(payload["objects"][name])
         restore_rng(payload["rng"])
 
+    def has(self, run_dir: Path, loop: str, iteration: int) -> bool:
+        """Whether a durable checkpoint of (`loop`, `iteration`) exists for the run."""
+        return checkpoint_path(run_dir / "ckpt", loop, iteration).with_suffix(".json").exists()
+
     def differs_from(self, run_dir: Path, loop: str, iteration: int) -> str | None:
         """What differs between the live objects and RNGs and a checkpoint; None: nothing."""
         payload = _load(checkpoint_path(run_dir / "ckpt", loop, iteration))

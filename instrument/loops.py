@@ -62,6 +62,8 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
         now = time.perf_counter()
         if replay and i == start:
             ckpt.restore(replay.run_dir, name, i)
+        elif replay and not replay.memoize and ckpt.has(replay.run_dir, name, i):
+            ckpt.restore(replay.run_dir, name, i)  # a side effect of a new statement stops here
         if replay and replay.memoize:
             session.memo_pending = (name, i + 1)
         elif not replay:

@@ -7,9 +7,12 @@ restores the checkpoint saved there (objects and RNG states) and runs until `sto
 code after the loop never runs on a half-trained state. Only `names` are recorded (all when
 absent), with source `replay`, into `out_dir` (default `<run_dir>/replays/<replay_id>/`);
 the replay executor moves a finished one there, so ingest never sees a partial replay.
-With "memoize": true, the first inner loop of each outer iteration k is skipped by restoring
-the checkpoint of k + 1 (the state at its end); at the next boundary the state must still
-equal that checkpoint, else the process exits with code 3 and the run is replayed in full.
+At every later outer iteration that has a checkpoint, the replay restores it too: a new
+statement with side effects (random draws, consumed data) is evaluated at its point of the
+original run and its effects do not leak past the next checkpoint. With "memoize": true, the
+first inner loop of each outer iteration k is skipped by restoring the checkpoint of k + 1
+(the state at its end); at the next boundary the state must still equal that checkpoint, else
+the process exits with code 3 and the run is replayed in full.
 """
 
 from __future__ import annotations

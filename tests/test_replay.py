@@ -156,3 +156,28 @@ def test_the_where_clause_picks_the_runs_in_sql_or_pandas_style(replayed: Path) 
     assert by_sql == by_pandas
     assert {r[1] for r in by_sql} == {"b"} and len(by_sql) == 2  # the run and its fresh twin
     assert len(everything) == 6
+
+
+def test_a_new_statements_random_draws_do_not_leak_into_later_epochs(tmp_path: Path) -> None:
+    head = V2.replace("            opt.zero_grad()\n",
+                      "            opt.zero_grad()\n"
+                      "            flor.log(\"head\", x[0, 0].item())\n")
+    noisy = head.replace("        print(\"epoch\", epoch, \"acc\", acc)\n",
+                         "        print(\"epoch\", epoch, \"acc\", acc)\n"
+                         "        flor.log(\"noise\", torch.rand(3).sum().item())\n")
+    repo = make_repo(tmp_path / "proj", {"train.py": V2})
+    run_script(repo, "train.py", "--flor", "orig", env={"FLOR_CHECKPOINT_EVERY": "1"})
+    (repo / "train.py").write_text(noisy)
+    assert main(["replay", "head,noise", "--workers", "1", "--project", str(repo)]) == 0
+    (repo / "train.py").write_text(head)  # the original run's data order, observed directly
+    run_script(repo, "train.py", "--flor", "witness")
+    with florsql.connect(repo) as conn:
+        def heads(source: str) -> list[tuple]:
+            return conn.execute(
+                "SELECT c.path, l.value_num FROM logs l JOIN contexts c USING (tstamp, ctx_id) "
+                "WHERE l.value_name = 'head' AND l.source = ? ORDER BY 1", [source]).fetchall()
+
+        replayed, witness = heads("replay"), heads("forward")
+        noise = conn.execute("SELECT count(*) FROM logs WHERE value_name = 'noise'").fetchone()
+    assert noise == (3,) and len(replayed) == 18
+    assert replayed == witness  # epoch 1 and 2 shuffles unaffected by epoch 0's torch.rand
