@@ -77,5 +77,8 @@ def test_code_after_the_loop_that_draws_random_numbers_falls_back_to_a_full_repl
     repo = _project(tmp_path, noisy)
     result = flor.replay("val_acc", path=repo)
     assert result[["status", "memoized"]].values.tolist() == [["replayed", False]]
-    run_script(repo, "train.py", "--flor", "fresh", "--kwargs", "lr=0.05")
+    # the draw must not leak into later epochs: the values are the original run's, which a
+    # fresh run without the draw reproduces
+    (repo / "train.py").write_text(EPOCH_LEVEL)
+    run_script(repo, "train.py", "--flor", "witness", "--kwargs", "lr=0.05")
     assert _values(repo, "replay") == _values(repo, "forward")
