@@ -68,15 +68,21 @@ class ReplayPlan:
 
 
 def plan_replay(session: CatalogSession, names: list[str], where: str | None = None,
-                workers: int = 1) -> ReplayPlan:
-    """The replay that recovers `names` for the finished runs matching `where`."""
+                workers: int = 1, iterations: set[int] | None = None) -> ReplayPlan:
+    """The replay that recovers `names` for the finished runs matching `where`.
+
+    `iterations` limits it to those outer-loop iterations (`epoch = 4`): only they are run,
+    each from the nearest checkpoint at or before it; code after the loop is then not run.
+    """
     session.refresh()
-    runs = [_run_plan(session, row, names) for row in _candidate_runs(session, where)]
+    rows = _candidate_runs(session, where)
+    runs = [_run_plan(session, row, names, iterations) for row in rows]
     runs = [r for r in runs if r.names]
     startup = _startup_seconds(session)
     for run in runs:
         if run.refusal is None:
-            run.segments = _segments(session, run, workers, startup)
+            run.segments = (_segments(session, run, workers, startup) if iterations is None
+                            else _filtered_segments(session, run, iterations, startup))
     return ReplayPlan(names=list(names), runs=runs, workers=workers)
 
 
@@ -93,10 +99,10 @@ def _candidate_runs(session: CatalogSession, where: str | None) -> list[tuple]:
     return session.con.execute(sql.sql(dialect="duckdb")).fetchall()
 
 
-def _run_plan(session: CatalogSession, row: tuple, names: list[str]) -> RunPlan:
+def _run_plan(session: CatalogSession, row: tuple, names: list[str],
+              iterations: set[int] | None) -> RunPlan:
     tstamp, runid, vid, filename, argv, run_dir = row
-    have = {n for (n,) in session.con.execute(
-        "SELECT DISTINCT lower(value_name) FROM logs WHERE tstamp = ?", [tstamp]).fetchall()}
+    have = _names_present(session, tstamp, iterations)
     missing = [n for n in names if n.lower() not in have]
     plan = RunPlan(str(tstamp), runid, vid, filename, list(argv), run_dir, missing,
                    session.project.root)
@@ -142,6 +148,46 @@ def _segments(session: CatalogSession, run: RunPlan, workers: int,
     return [Segment(a, b, startup + sum(v for i, v in seconds.items()
                                         if i >= a and (b is None or i < b)))
             for a, b in zip(starts, bounds, strict=True)]
+
+
+def _names_present(session: CatalogSession, tstamp: object,
+                   iterations: set[int] | None) -> set[str]:
+    """Lower-cased names the run has records of (in every one of `iterations`, if given)."""
+    if iterations is None:
+        return {n for (n,) in session.con.execute(
+            "SELECT DISTINCT lower(value_name) FROM logs WHERE tstamp = ?", [tstamp]).fetchall()}
+    rows = session.con.execute(
+        "SELECT lower(l.value_name), count(DISTINCT lp.iteration) FROM logs l "
+        "JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0 "
+        "WHERE l.tstamp = ? AND list_contains(?, lp.iteration) GROUP BY 1",
+        [tstamp, sorted(iterations)]).fetchall()
+    return {n for n, count in rows if count == len(iterations)}
+
+
+def _filtered_segments(session: CatalogSession, run: RunPlan, iterations: set[int],
+                       startup: float) -> list[Segment]:
+    """One segment per wanted iteration, from the nearest checkpoint; overlaps merged."""
+    ckpts = session.con.execute(
+        "SELECT loop_name, iteration FROM checkpoints WHERE tstamp = ? ORDER BY iteration",
+        [run.tstamp]).fetchall()
+    if not ckpts:
+        run.refusal = "the run has no checkpoints to start the wanted iterations from"
+        return []
+    run.loop, saved = ckpts[0][0], {i for _, i in ckpts}
+    seconds = dict(session.con.execute(
+        "SELECT iteration, seconds FROM iterations WHERE tstamp = ? AND source = 'forward'",
+        [run.tstamp]).fetchall())
+    run.memoize = run.memoize and all(k in saved and k + 1 in saved for k in iterations)
+    spans: list[list[int]] = []
+    for k in sorted(iterations):
+        start = k if run.memoize else max(i for i in saved if i <= k)
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = k + 1
+        else:
+            spans.append([start, k + 1])
+    per_iter = (2 * _checkpoint_read_seconds(session, run.tstamp) if run.memoize else None)
+    return [Segment(a, b, startup + sum(per_iter or seconds.get(i, 0.0) for i in range(a, b)))
+            for a, b in spans]
 
 
 def _split_points(ckpt_iters: list[int], seconds: dict[int, float], workers: int) -> list[int]:

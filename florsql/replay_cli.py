@@ -20,6 +20,9 @@ def build_replay_parser() -> argparse.ArgumentParser:
                         "or FlorDB's pandas style (lr > 0.01; cf.isna() and lr < 0.1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="replay processes at once (default: one per core)")
+    parser.add_argument("--iterations", metavar="I[,I...]",
+                        help="only these outer-loop iterations (e.g. epochs 3,4); code after "
+                        "the loop is then not run")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--project", default=".", help="project directory (default: .)")
     return parser
@@ -32,7 +35,9 @@ def replay_main(argv: list[str]) -> int:
     args = build_replay_parser().parse_args(argv)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     with Connection(args.project) as conn:
-        plan = plan_replay(conn.session, names, args.where, max(1, args.workers))
+        iterations = ({int(i) for i in args.iterations.split(",") if i.strip()}
+                      if args.iterations else None)
+        plan = plan_replay(conn.session, names, args.where, max(1, args.workers), iterations)
         print(format_rows(*plan_table(plan)))
         print(f"{len(plan.tasks)} task(s) on {plan.workers} worker(s), "
               f"estimated {plan.estimated_seconds:.1f} s")

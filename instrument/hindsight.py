@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from .history import _connection
@@ -10,11 +11,12 @@ from .history import _connection
 
 def replay(apply_vars: list[str] | str, where_clause: str | None = None,
            path: str | os.PathLike = ".", workers: int | None = None,
-           dry_run: bool = False) -> Any:
+           dry_run: bool = False, iterations: Iterable[int] | None = None) -> Any:
     """Replay the past runs that lack `apply_vars`, as FlorDB's `flor.replay` does.
 
     `where_clause` picks runs: SQL over `history` columns (`"lr > 0.01"`) or FlorDB's pandas
-    style (`'cf_matrix.isna() and hidden_size.astype("float") < 250'`). Returns the plan as a
+    style (`'cf_matrix.isna() and hidden_size.astype("float") < 250'`); `iterations` limits
+    it to those outer-loop iterations (epochs). Returns the plan as a
     DataFrame with one row per run: the names replayed, the estimate, and what happened.
     """
     import pandas as pd
@@ -24,7 +26,9 @@ def replay(apply_vars: list[str] | str, where_clause: str | None = None,
 
     names = [apply_vars] if isinstance(apply_vars, str) else list(apply_vars)
     with _connection(path) as conn:
-        plan = plan_replay(conn.session, names, where_clause, workers or os.cpu_count() or 1)
+        wanted = None if iterations is None else set(iterations)
+        plan = plan_replay(conn.session, names, where_clause, workers or os.cpu_count() or 1,
+                           wanted)
         results = [] if dry_run else run_replay(conn.session, plan)
     outcome: dict[str, list] = {}
     for result in results:

@@ -82,3 +82,24 @@ def test_code_after_the_loop_that_draws_random_numbers_falls_back_to_a_full_repl
     (repo / "train.py").write_text(EPOCH_LEVEL)
     run_script(repo, "train.py", "--flor", "witness", "--kwargs", "lr=0.05")
     assert _values(repo, "replay") == _values(repo, "forward")
+
+
+def test_replaying_one_epoch_runs_only_that_epoch(tmp_path: Path) -> None:
+    step_level = EPOCH_LEVEL.replace(
+        "            loss.backward()\n",
+        "            loss.backward()\n"
+        "            flor.log(\"g\", net[0].weight.grad.sum().item())\n")
+    repo = _project(tmp_path, step_level)
+    epoch_only = flor.replay(["val_acc"], path=repo, iterations=[1])
+    steps_only = flor.replay(["g"], path=repo, iterations=[2])
+    assert epoch_only.memoized.tolist() == [True] and steps_only.memoized.tolist() == [False]
+    run_script(repo, "train.py", "--flor", "fresh", "--kwargs", "lr=0.05")
+    with florsql.connect(repo) as conn:
+        def values(name: str, source: str) -> list[tuple]:
+            return conn.execute(
+                "SELECT c.path, l.value_num FROM logs l JOIN contexts c USING (tstamp, ctx_id) "
+                "WHERE l.value_name = ? AND l.source = ? ORDER BY 1", [name, source]).fetchall()
+
+        fresh_acc, fresh_g = values("val_acc", "forward"), values("g", "forward")
+        assert values("val_acc", "replay") == [r for r in fresh_acc if r[0] == "epoch=1"]
+        assert values("g", "replay") == [r for r in fresh_g if r[0].startswith("epoch=2/")]
