@@ -19,9 +19,10 @@ from .memo import is_memoizable
 from .propagate import Refusal, propagate
 from .where import parse_where
 
-# Seconds a replay process needs before its first iteration (interpreter, imports, data
-# loading); refined from finished replays once there are some.
+# Seconds a replay process needs outside its loop (interpreter, imports, data loading) when no
+# finished run tells: see _startup_seconds.
 DEFAULT_STARTUP_SECONDS = 2.0
+WORKTREE_SECONDS = 0.3  # git worktree add/remove and writing the patched file, per segment
 
 
 @dataclass
@@ -79,9 +80,11 @@ def plan_replay(session: CatalogSession, names: list[str], where: str | None = N
     runs = [_run_plan(session, row, names, iterations) for row in rows]
     runs = [r for r in runs if r.names]
     startup = _startup_seconds(session)
+    # every segment is a process that pays the start-up: split runs only to fill idle workers
+    split = max(1, workers // max(1, len([r for r in runs if r.refusal is None])))
     for run in runs:
         if run.refusal is None:
-            run.segments = (_segments(session, run, workers, startup) if iterations is None
+            run.segments = (_segments(session, run, split, startup) if iterations is None
                             else _filtered_segments(session, run, iterations, startup))
     return ReplayPlan(names=list(names), runs=runs, workers=workers)
 
@@ -102,6 +105,7 @@ def _candidate_runs(session: CatalogSession, where: str | None) -> list[tuple]:
 def _run_plan(session: CatalogSession, row: tuple, names: list[str],
               iterations: set[int] | None) -> RunPlan:
     tstamp, runid, vid, filename, argv, run_dir = row
+    run_dir = str(session.project.runs_dir / Path(run_dir).name)  # the project may have moved
     have = _names_present(session, tstamp, iterations)
     missing = [n for n in names if n.lower() not in have]
     plan = RunPlan(str(tstamp), runid, vid, filename, list(argv), run_dir, missing,
@@ -210,7 +214,14 @@ def _checkpoint_read_seconds(session: CatalogSession, tstamp: str) -> float:
 
 
 def _startup_seconds(session: CatalogSession) -> float:
-    return DEFAULT_STARTUP_SECONDS
+    """A run's wall time outside its outer loop (imports, data, model set-up): the median over
+    finished forward runs, which a replay process pays again."""
+    row = session.con.execute(
+        "SELECT median(epoch(r.end_time - r.start_time) - i.loop_s) FROM runs r JOIN "
+        "(SELECT tstamp, sum(seconds) AS loop_s FROM iterations WHERE source = 'forward' "
+        "GROUP BY tstamp) i USING (tstamp) WHERE r.status = 'finished'").fetchone()
+    measured = row[0] if row and row[0] is not None and row[0] > 0 else DEFAULT_STARTUP_SECONDS
+    return measured + WORKTREE_SECONDS
 
 
 def _source_at(root: Path, vid: str, filename: str) -> str:
