@@ -180,14 +180,22 @@ def _plan(site: LogStatement, old: _Old) -> _Plan | str:
     aligned = _align(site.chain, old)
     if isinstance(aligned, str):
         return aligned
-    level, scopes = aligned
+    level, scopes, skipped = aligned
     block = getattr(level.owner, level.field) if level else old.tree.body
     where = describe(level) if level else "the module level"
     indent = indent_of(old.lines, block)
     if indent is None:
         return f"{where} of yesterday's script is a one-line block; split it over lines first"
     text, free = renamed_text(site.text, old.rename)
-    prev, nxt = _neighbours(site, old.logged)
+    if skipped is None:
+        prev, nxt = _neighbours(site, old.logged)
+    elif skipped == 0:
+        return (f"today's script logs it inside {describe(site.chain[0])}, which yesterday's "
+                "script lacks; add the statement to the old version by hand")
+    else:  # a wrapper only today's script has (`with torch.no_grad():`): place the wrapper
+        wrapper, parent = site.chain[skipped], site.chain[skipped - 1]
+        prev, nxt = _neighbours_of(wrapper.owner, getattr(parent.owner, parent.field),
+                                   old.logged, nested=False)
     options, missing = [], []
     for p in range(len(block) + 1):
         after = after_line(old.lines, block, p)
@@ -218,17 +226,21 @@ def _choose(site: LogStatement, options: list[tuple[float, int]], missing: list[
     return None
 
 
-def _align(chain: tuple[Level, ...], old: _Old) -> tuple[Level | None, list[ast.AST]] | str:
-    """The old block matching the innermost block of `chain`, and the old scopes around it."""
-    level, block, scopes, depths = None, old.tree.body, [], [0, 0]
-    for new in chain:
+def _align(chain: tuple[Level, ...], old: _Old
+           ) -> tuple[Level | None, list[ast.AST], int | None] | str:
+    """The old block matching the innermost block of `chain`, the old scopes around it, and the
+    index in `chain` of the first of the innermost wrappers yesterday's script lacks."""
+    level, block, scopes, depths, skipped = None, old.tree.body, [], [0, 0], None
+    for j, new in enumerate(chain):
         loop = flor_loop_name(new.owner, depths[0])
         depths[0] += loop is not None
         found = _match(new, loop, block, depths[1], old.rename)
         if isinstance(found, str):
             return found
         if found is None and isinstance(new.owner, _WRAPPERS):
+            skipped = j if skipped is None else skipped
             continue
+        skipped = None
         if found is None:
             where = elsewhere(new.owner, old.tree, old.rename)
             return (f"today's script logs it inside {describe(new)}, which yesterday's script "
@@ -237,7 +249,7 @@ def _align(chain: tuple[Level, ...], old: _Old) -> tuple[Level | None, list[ast.
         if isinstance(found.owner, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             scopes.append(found.owner)
         level, block = found, getattr(found.owner, found.field)
-    return level, scopes
+    return level, scopes, skipped
 
 
 def _match(new: Level, loop: str | None, block: list[ast.stmt], depth: int,
@@ -260,10 +272,15 @@ def _match(new: Level, loop: str | None, block: list[ast.stmt], depth: int,
 def _neighbours(site: LogStatement, logged: frozenset[str]) -> tuple[list, list]:
     """Today's statements before (nearest first) and after the log call, in its block; a call
     nested in a bigger statement goes right after that statement's counterpart."""
-    i = next(k for k, stmt in enumerate(site.block) if stmt is site.stmt)
-    prev = [s for s in site.block[:i][::-1] if not _new_log(s, logged)]
-    nxt = [s for s in site.block[i + 1:] if not _new_log(s, logged)]
-    return ([site.stmt, *prev] if site.nested else prev), nxt
+    return _neighbours_of(site.stmt, site.block, logged, site.nested)
+
+
+def _neighbours_of(stmt: ast.stmt, block: list[ast.stmt], logged: frozenset[str],
+                   nested: bool) -> tuple[list, list]:
+    i = next(k for k, other in enumerate(block) if other is stmt)
+    prev = [s for s in block[:i][::-1] if not _new_log(s, logged)]
+    nxt = [s for s in block[i + 1:] if not _new_log(s, logged)]
+    return ([stmt, *prev] if nested else prev), nxt
 
 
 def _new_log(stmt: ast.stmt, logged: frozenset[str]) -> bool:
