@@ -19,9 +19,9 @@ from .memo import is_memoizable
 from .propagate import Refusal, propagate
 from .where import parse_where
 
-# Seconds a replay process needs outside its loop (interpreter, imports, data loading) when no
-# finished run tells: see _startup_seconds.
-DEFAULT_STARTUP_SECONDS = 2.0
+# Interpreter start and imports before the script's first flor call, which no record covers
+# (torch alone takes 2-3 s on a 2-core machine).
+IMPORT_SECONDS = 2.0
 WORKTREE_SECONDS = 0.3  # git worktree add/remove and writing the patched file, per segment
 
 
@@ -214,14 +214,14 @@ def _checkpoint_read_seconds(session: CatalogSession, tstamp: str) -> float:
 
 
 def _startup_seconds(session: CatalogSession) -> float:
-    """A run's wall time outside its outer loop (imports, data, model set-up): the median over
-    finished forward runs, which a replay process pays again."""
+    """What a replay process pays outside its loop: imports, plus the set-up a forward run
+    spends between its first flor call and its loop (median over finished runs)."""
     row = session.con.execute(
         "SELECT median(epoch(r.end_time - r.start_time) - i.loop_s) FROM runs r JOIN "
         "(SELECT tstamp, sum(seconds) AS loop_s FROM iterations WHERE source = 'forward' "
         "GROUP BY tstamp) i USING (tstamp) WHERE r.status = 'finished'").fetchone()
-    measured = row[0] if row and row[0] is not None and row[0] > 0 else DEFAULT_STARTUP_SECONDS
-    return measured + WORKTREE_SECONDS
+    setup = row[0] if row and row[0] is not None and row[0] > 0 else 0.0
+    return IMPORT_SECONDS + setup + WORKTREE_SECONDS
 
 
 def _source_at(root: Path, vid: str, filename: str) -> str:
