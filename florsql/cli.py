@@ -4,6 +4,7 @@
     florsql [PROJECT]                                         the interactive shell (on a tty)
     florsql run NAME [--param k=v ...] [--project DIR]        run a saved query
     florsql queries [--project DIR]                           list saved queries
+    florsql replay NAME[,NAME] [--where SQL] [--workers K] [--iterations I,...] [--dry-run]
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="florsql",
         description="SQL over machine-learning experiment history recorded with `import flor`.",
-        epilog="Subcommands: `florsql run NAME` runs a saved query, `florsql queries` lists them. "
+        epilog="Subcommands: `florsql run NAME` runs a saved query, `florsql queries` lists them, "
+        "`florsql replay NAME[,NAME]` recovers values today's script logs for past runs. "
         "Tables: history, runs, logs, names, contexts, loops, checkpoints, iterations, replays "
         "(see docs/catalog.md).",
     )
