@@ -72,9 +72,14 @@ def _main(argv: list[str]) -> int:
         from .replay_cli import replay_main
 
         try:
-            return replay_main(argv[1:])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                code = replay_main(argv[1:])
         except (exceptions.Error, EngineError) as e:
             return _fail(str(e))
+        for w in caught:
+            print(f"florsql: warning: {w.message}", file=sys.stderr)
+        return code
     if argv and argv[0] in SUBCOMMANDS:
         return _run_saved(argv[1:]) if argv[0] == "run" else _list_saved(argv[1:])
     args = build_parser().parse_args(argv)
