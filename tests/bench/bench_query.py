@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import benchlib
+from benchlib import child_env, git, log, machine_info, median, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -126,14 +126,6 @@ class RunArgs:
         return ["--kwargs", *(f"{k}={v}" for k, v in asdict(self).items())]
 
 
-def log(message: str) -> None:
-    print(f"[bench_query] {message}", file=sys.stderr, flush=True)
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def run_args(n: int) -> list[RunArgs]:
     """Varied, reproducible args for `n` runs (lr log-uniform in [1e-4, 1e-1])."""
     rng = random.Random(1234)
@@ -154,10 +146,6 @@ def lr_threshold(args: Sequence[RunArgs]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def git(repo: Path, *argv: str) -> None:
-    subprocess.run(["git", *argv], cwd=repo, check=True, capture_output=True)
-
-
 def make_repo(path: Path, module: str) -> Path:
     """A scratch git repo whose one committed file is the training script for `module`."""
     path.mkdir(parents=True)
@@ -169,13 +157,6 @@ def make_repo(path: Path, module: str) -> Path:
     git(path, "add", SCRIPT_NAME)
     git(path, "commit", "-q", "-m", "benchmark script")
     return path
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLOR", "VIRTUAL_ENV", "PYTHON"))}
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, **extra)
-    return env
 
 
 def record_run(py: Path, repo: Path, args: RunArgs, epochs: int, steps: int) -> float:
@@ -412,10 +393,6 @@ def bench_dataframe(scratch: Path, plan: Plan, flordb_py: Path | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
@@ -487,13 +464,6 @@ def format_table(results: dict) -> str:
                       *dataframe_lines(results["dataframe"])])
 
 
-def machine_info() -> dict:
-    import duckdb
-
-    return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "duckdb": duckdb.__version__}
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x smaller data")
@@ -502,14 +472,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def duckdb_version() -> str:
+    import duckdb
+
+    return duckdb.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    benchlib.PREFIX = "[bench_query]"
     args = parse_args(argv)
     plan = QUICK if args.quick else Plan()
     started = time.perf_counter()
     flordb_py = None if args.no_flordb else flordb_python()
     scratch = Path(tempfile.mkdtemp(prefix="bench-query-"))
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "plan": asdict(plan),
-                               "machine": machine_info()}
+                               "machine": machine_info(duckdb=duckdb_version())}
     try:
         results["queries"] = bench_ingest_and_queries(scratch, plan)
         results["dataframe"] = bench_dataframe(scratch, plan, flordb_py)

@@ -23,7 +23,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from benchlib import child_env, git, log, machine_info, median, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -339,10 +340,6 @@ class Env:
     scratch: Path
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 def venv_has(py: Path, code: str) -> bool:
     if not py.exists():
         return False
@@ -371,10 +368,6 @@ def ensure_flordb_venv() -> Path | None:
     return py
 
 
-def git(repo: Path, *argv: str) -> None:
-    subprocess.run(["git", *argv], cwd=repo, check=True, capture_output=True)
-
-
 def make_repo(path: Path) -> Path:
     """A scratch git repo holding a copy of this file as the training script."""
     path.mkdir(parents=True)
@@ -383,16 +376,10 @@ def make_repo(path: Path) -> Path:
                        ("commit.gpgsign", "false")):
         git(path, "config", key, value)
     shutil.copy(Path(__file__), path / WORKER_NAME)
+    shutil.copy(Path(__file__).with_name("benchlib.py"), path / "benchlib.py")
     git(path, "add", WORKER_NAME)
     git(path, "commit", "-q", "-m", "benchmark script")
     return path
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLOR", "VIRTUAL_ENV", "PYTHON"))}
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, **extra)
-    return env
 
 
 _RUNS = [0]
@@ -411,10 +398,6 @@ def run_worker(py: Path, repo: Path, cfg: dict, extra_env: dict[str, str] | None
         tail = err.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"worker {cfg} failed (rc={proc.returncode}):\n{tail}")
     return json.loads(out.read_text())
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def bench_logcall(env: Env, plan: Plan) -> dict:
@@ -544,10 +527,6 @@ def bench_ckpt(env: Env, plan: Plan) -> dict:
     return out
 
 
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
 def compare(label: str, key: str, fs: dict, fd: dict | None) -> str:
     """`label: florsql N | FlorDB 4.0.1 M` for one ns metric of the logcall workload."""
     line = f"{label}: florsql {fs[key]:.0f}"
@@ -626,11 +605,6 @@ def format_table(results: dict) -> str:
     return "\n".join([head, *busy, "-" * 92, *log_lines(results["logcall"]),
                       *train_lines(results["paired"], results["train"]),
                       *ckpt_lines(results["ckpt"])])
-
-
-def machine_info() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_start": os.getloadavg()[0]}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

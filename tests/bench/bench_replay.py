@@ -29,11 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from benchlib import child_env, git, log, machine_info, median, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -142,17 +142,6 @@ def scripts(plan: Plan) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLOR", "VIRTUAL_ENV", "PYTHON"))}
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    return env
-
-
 @dataclass
 class Timed:
     seconds: float
@@ -189,10 +178,6 @@ def florsql_argv() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from florsql.cli import main; sys.exit(main())"]
-
-
-def git(repo: Path, *argv: str) -> None:
-    subprocess.run(["git", *argv], cwd=repo, check=True, capture_output=True)
 
 
 def train(repo: Path, lr: str) -> Timed:
@@ -279,10 +264,6 @@ def logged_values(repo: Path, name: str) -> dict[str, dict[tuple[str, str], floa
         out.setdefault(source, {})[(runid, path)] = value
         out["counts"][source] = out["counts"].get(source, 0) + 1
     return out
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def estimate_error(estimate: float, measured: float) -> float:
@@ -387,10 +368,6 @@ def bench_startup(repo: Path, plan: Plan) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
 def yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -455,11 +432,6 @@ def format_table(res: dict) -> str:
           f"{verdict(abs(err) <= TARGET_ESTIMATE)}" for label, est, act, err in est_rows),
     ]
     return "\n".join(lines)
-
-
-def machine_info() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_start": os.getloadavg()[0]}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
