@@ -1,4 +1,4 @@
-"""florsql's engine: the catalog of recorded runs, ingest, and (later) query analysis and replay."""
+"""florsql's engine: the catalog of recorded runs, ingest, query analysis and replay."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from .errors import (
     EngineError,
     IngestWarning,
     ProjectNotFoundError,
+    ReplayBudgetError,
+    ReplayWarning,
     UnknownColumnError,
 )
 from .ingest import IngestReport, ingest_project
@@ -24,6 +26,8 @@ __all__ = [
     "IngestWarning",
     "Project",
     "ProjectNotFoundError",
+    "ReplayBudgetError",
+    "ReplayWarning",
     "ingest_project",
     "locate_project",
     "open_catalog",

@@ -16,7 +16,7 @@ import duckdb
 
 from .errors import CatalogLockedError, IngestWarning
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS iterations (
     tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, seconds DOUBLE, source VARCHAR
 );
 CREATE TABLE IF NOT EXISTS replays (
-    tstamp TIMESTAMP, replay_id VARCHAR, status VARCHAR, end_time TIMESTAMPTZ, error VARCHAR
+    tstamp TIMESTAMP, replay_id VARCHAR, status VARCHAR, end_time TIMESTAMPTZ, error VARCHAR,
+    names VARCHAR[], loop_name VARCHAR, start_iter BIGINT, stop_iter BIGINT
 );
 CREATE TABLE IF NOT EXISTS _ingested (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime DOUBLE, status VARCHAR, message VARCHAR

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 import duckdb
 
@@ -17,8 +21,12 @@ from .ingest import IngestReport, ingest_project
 from .names import HistorySchema, load_history_schema, names_are_stale, refresh_names
 from .project import Project, locate_project
 from .rewrite import Rewrite, rewrite_query
+from .script_names import script_names, scripts_stamp
 
+T = TypeVar("T")
 _HIDDEN_PREFIX = "_"
+_PREPARED_CACHE = 128  # rewritten queries kept per session
+_RACY_NS = 2_000_000_000  # a directory changed this recently may change again unseen
 # Connections of one process share DuckDB's database instance: serialise their writes.
 _WRITE_LOCKS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()
@@ -40,18 +48,56 @@ class CatalogSession:
             self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
         self._schema: HistorySchema | None = None
         self._generation: tuple | None = None
+        self._replay_pool = None  # warm replay workers (replay_pool.py), made on first use
+        self._filenames: tuple[tuple | None, list[str]] | None = None
+        self._quiet_stamp: tuple | None = None  # see refresh()
+        self._derived: dict = {}
+        self._derived_state: tuple | None = None
+        self._prepared: OrderedDict[tuple, Rewrite] = OrderedDict()
 
     def refresh(self) -> IngestReport:
-        """Ingest new record parts; recompute the name statistics if any records arrived."""
+        """Ingest new record parts; recompute the name statistics if any records arrived.
+
+        When every known run has ended and neither `runs/` nor `replays-staging/` changed
+        since the last full check, nothing can be new: the scan of every run directory is
+        skipped (a change within the last seconds is never trusted, as mtimes are coarse).
+        """
+        stamp = self._files_stamp()
+        if stamp is not None and stamp == self._quiet_stamp:
+            return IngestReport()
         with self._lock:
             report = ingest_project(self.con, self.project)
             if report.records or names_are_stale(self.con):
                 refresh_names(self.con)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
+            unsealed = self.con.execute(
+                "SELECT count(*) FROM _sources WHERE NOT sealed").fetchone()[0]
         if generation != self._generation:  # this or another connection saw new names
             self._schema, self._generation = None, generation
+        self._quiet_stamp = stamp if not unsealed else None
         return report
+
+    def derived(self, key: object, compute: Callable[[], T]) -> T:
+        """`compute()`, kept until the catalog changes (new records, runs ending, replays)."""
+        state = self.con.execute(
+            "SELECT value FROM _meta WHERE key = 'data_version'").fetchone()
+        if self._derived_state != state:
+            self._derived, self._derived_state = {}, state
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
+
+    def _files_stamp(self) -> tuple | None:
+        """The mtimes that change when a run or a replay appears; None while too recent."""
+        stamps = []
+        for path in (self.project.runs_dir, self.project.home / "replays-staging"):
+            try:
+                stamps.append(path.stat().st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        newest = max((t for t in stamps if t is not None), default=0)
+        return None if time.time_ns() - newest < _RACY_NS else tuple(stamps)
 
     @property
     def history_schema(self) -> HistorySchema:
@@ -75,13 +121,63 @@ class CatalogSession:
             _TABLES_BY_VERSION[SCHEMA_VERSION] = tables
         return _TABLES_BY_VERSION[SCHEMA_VERSION]
 
-    def prepare(self, sql: str) -> Rewrite:
-        """The SQL to run for `sql`: `history` expanded to the columns it references."""
-        return rewrite_query(sql, self.history_schema, self.tables)
+    def prepare(self, sql: str, params: object = None) -> Rewrite:
+        """The SQL to run for `sql`: `history` expanded to the columns it references.
+
+        Names that today's scripts log but no run has yet are columns too (NULL until
+        replayed); `params` are only read to push a WHERE clause down (see analyze.py).
+        """
+        names = self.script_names()
+        key = (sql, self._generation, tuple(sorted(names.items())), repr(params))
+        if key in self._prepared:  # as sqlite3 caches statements: a repeated query is free
+            self._prepared.move_to_end(key)
+            return self._prepared[key]
+        rewrite = rewrite_query(sql, self.history_schema, self.tables, names, params)
+        self._prepared[key] = rewrite
+        if len(self._prepared) > _PREPARED_CACHE:
+            self._prepared.popitem(last=False)
+        return rewrite
+
+    def script_names(self) -> dict[str, str]:
+        """Lower-cased name -> spelling, for every name the recorded runs' scripts log today."""
+        names: dict[str, str] = {}
+        for per_file in script_names(self.project.root, self._script_files()).values():
+            names.update({k: v.name for k, v in per_file.items()})
+        return names
+
+    def scripts_state(self) -> tuple:
+        """Changes when today's version of any recorded run's script is edited."""
+        return scripts_stamp(self.project.root, self._script_files())
+
+    def _script_files(self) -> list[str]:
+        if self._filenames is None or self._filenames[0] != self._generation:
+            rows = self.con.execute("SELECT DISTINCT filename FROM runs").fetchall()
+            self._filenames = (self._generation, sorted(f for (f,) in rows if f))
+        return self._filenames[1]
 
     def full_history_sql(self) -> str:
         """`history` with every column, for the temp-view fallback and `DESCRIBE history`."""
         return build_history_sql(self.history_schema, None)
 
+    @property
+    def replay_pool(self):
+        """This session's warm replay workers: a shell or connection that replays twice reuses
+        them. Created on first use, closed with the session."""
+        with _GUARD:
+            if self._replay_pool is None or self._replay_pool.closed:
+                from .replay_pool import ReplayPool
+
+                self._replay_pool = ReplayPool()
+            return self._replay_pool
+
+    def warm_replay_pool(self, workers: int | None = None) -> threading.Thread:
+        """Start `workers` replay workers (default: one per core) importing what the project's
+        scripts import, in a background thread; join() it to wait until they are warm."""
+        from .replay_run import warm_pool
+
+        return warm_pool(self, workers)
+
     def close(self) -> None:
+        if self._replay_pool is not None:
+            self._replay_pool.close()
         self.con.close()

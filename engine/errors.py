@@ -46,3 +46,19 @@ class UnknownColumnError(EngineError):
         super().__init__(f"unknown column {name!r}{hint}")
         self.name = name
         self.closest = close
+
+
+class ReplayWarning(UserWarning):
+    """A query was answered with NULLs where a replay did not run, was refused or failed."""
+
+
+class ReplayBudgetError(EngineError):
+    """The replay a query needs is estimated to take longer than the caller allows."""
+
+    def __init__(self, estimate: float, limit: float, tasks: int) -> None:
+        super().__init__(
+            f"this query needs a replay of {tasks} task(s), estimated {estimate:.0f} s, over "
+            f"max_replay_seconds={limit:g}: narrow the query with WHERE, raise the limit, or "
+            "answer without it (replay='off')")
+        self.estimate = estimate
+        self.limit = limit

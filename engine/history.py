@@ -88,6 +88,8 @@ def _no_duplicates(info: NameInfo, depth: int) -> bool:
 
 def _coalesce(info: NameInfo, depth: int) -> str:
     sources = [f"v{k}.{_q(info.column)}" for k in range(depth, -1, -1) if k in info.depths]
+    if not sources:  # logged by today's script, by no run yet
+        return f"CAST(NULL AS {info.sql_type})"
     return sources[0] if len(sources) == 1 else f"COALESCE({', '.join(sources)})"
 
 

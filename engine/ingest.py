@@ -26,6 +26,7 @@ from .status import derive_status, read_json
 class IngestReport:
     parts: int = 0
     records: int = 0
+    sources: int = 0  # run and replay directories whose catalog rows were (re)written
     warnings: list[str] = field(default_factory=list)
 
 
@@ -54,6 +55,10 @@ def ingest_project(con: duckdb.DuckDBPyConnection, project: Project) -> IngestRe
     for rrel, (sealed, _) in sources.items():
         if "/replays/" in rrel and not sealed and (home / rrel).is_dir():
             _ingest_source(con, home, home / rrel, done, report, replay=True)
+    if report.sources:  # what derived facts are keyed on (CatalogSession.derived)
+        con.execute("INSERT OR REPLACE INTO _meta SELECT 'data_version', CAST(coalesce(max("
+                    "CAST(value AS BIGINT)), 0) + 1 AS VARCHAR) FROM _meta "
+                    "WHERE key = 'data_version'")
     return report
 
 
@@ -87,6 +92,7 @@ def _ingest_source(con, home: Path, src: Path, done: set[str], report: IngestRep
              src.relative_to(home).as_posix()],
         )
         con.execute("COMMIT")
+        report.sources += 1
     except BaseException:
         con.execute("ROLLBACK")
         raise
@@ -107,9 +113,10 @@ def _upsert_replay(con, tstamp: str, ident: dict, src: Path, end: dict | None) -
     status = end.get("status") if end else derive_status(ident, None, src / "heartbeat")[0]
     con.execute("DELETE FROM replays WHERE replay_id = ? AND tstamp = ?",
                 [ident["replay_id"], tstamp])
-    con.execute("INSERT INTO replays VALUES (?, ?, ?, ?, ?)",
+    con.execute("INSERT INTO replays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [tstamp, ident["replay_id"], status, end and end.get("end_time"),
-                 end and end.get("error")])
+                 end and end.get("error"), ident.get("names"), ident.get("loop"),
+                 ident.get("start"), ident.get("stop")])
 
 
 def _ingest_parts(con, home: Path, src: Path, tstamp: str, done: set[str],

@@ -8,6 +8,7 @@ holding the exact text (`repr` of numbers, `true`/`false`, JSON). No values yet 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -61,6 +62,18 @@ class HistorySchema:
     dims: dict[str, int]  # loop name -> deepest context depth it names (1 = outermost loop)
     values: dict[str, NameInfo]  # lower-cased column name -> info
     dim_depths: dict[str, set[int]] = field(default_factory=dict)  # loop name -> all depths
+
+    def with_pending(self, names: Iterable[str]) -> HistorySchema:
+        """This schema plus `names`, logged by today's scripts but by no run yet (all NULL)."""
+        extra = {n.lower(): NameInfo(column=n) for n in names
+                 if n.lower() not in self.values and n.lower() not in self.columns_lower}
+        if not extra:
+            return self
+        return HistorySchema(self.dims, {**self.values, **extra}, self.dim_depths)
+
+    @property
+    def columns_lower(self) -> set[str]:
+        return {c.lower() for c in self.columns()}
 
     def columns(self) -> dict[str, str]:
         """Column name -> SQL type, in display order: identity, loop dims, args, logged names."""

@@ -68,7 +68,8 @@ class LogStatement:
     @property
     def nested(self) -> bool:
         """True when the call sits inside a bigger statement (`print(..., flor.log(...))`)."""
-        return not (isinstance(self.stmt, ast.Expr) and _log_parts(self.stmt.value))
+        return not (isinstance(self.stmt, ast.Expr)
+                    and (_log_parts(self.stmt.value) or _guarded_log(self.stmt)))
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ def find_log_statements(source: str, names: Iterable[str]) -> dict[str, LogState
     """The statement that logs each name in `source` (the first one, if logged more than once)."""
     sites = _sites(ast.parse(source), source)
     return {name: sites[name][0] for name in names if name in sites}
+
+
+def log_sites(source: str) -> dict[str, list[LogStatement]]:
+    """Every `flor.log("name", ...)` statement of `source`, by name (a SyntaxError propagates)."""
+    return _sites(ast.parse(source), source)
 
 
 def propagate(old_source: str, new_source: str, names: Iterable[str]) -> Patched | Refusal:
@@ -165,7 +171,15 @@ def _log_parts(node: ast.AST) -> tuple[ast.Constant, ast.expr] | None:
 
 def _standalone(source: str, stmt: ast.stmt, call: ast.Call, name: ast.expr,
                 value: ast.expr) -> str:
-    """One-line `flor.log(name, value)` text, taken from the source where possible."""
+    """One-line `flor.log(name, value)` text, taken from the source where possible.
+
+    A call under a condition inside the statement (`flor.log(...) if k % 5 == 0 else None`,
+    `ok and flor.log(...)`) keeps that condition, so the replay logs exactly where a run does.
+    """
+    guarded = _condition_around(stmt, call)
+    if guarded is not None:
+        text = ast.get_source_segment(source, guarded)
+        return ast.unparse(guarded) if text is None or "\n" in text else text
     if isinstance(stmt, ast.Expr) and stmt.value is call:
         text = ast.get_source_segment(source, call)
     else:
@@ -174,6 +188,17 @@ def _standalone(source: str, stmt: ast.stmt, call: ast.Call, name: ast.expr,
     if text is None or "\n" in text:
         text = ast.unparse(ast.Call(func=call.func, args=[name, value], keywords=[]))
     return text
+
+
+def _condition_around(stmt: ast.stmt, call: ast.Call) -> ast.expr | None:
+    """The outermost conditional expression of `stmt` that holds `call`, if any."""
+    parents = {child: node for node in ast.walk(stmt) for child in ast.iter_child_nodes(node)}
+    node, outer = call, None
+    while node in parents and node is not stmt:
+        node = parents[node]
+        if isinstance(node, ast.IfExp | ast.BoolOp):
+            outer = node
+    return outer
 
 
 def _plan(site: LogStatement, old: _Old) -> _Plan | str:
@@ -285,8 +310,17 @@ def _neighbours_of(stmt: ast.stmt, block: list[ast.stmt], logged: frozenset[str]
 
 def _new_log(stmt: ast.stmt, logged: frozenset[str]) -> bool:
     """A bare `flor.log` statement of a name the old script does not log (it has no match)."""
-    parts = isinstance(stmt, ast.Expr) and _log_parts(stmt.value)
-    return bool(parts) and parts[0].value not in logged
+    if not isinstance(stmt, ast.Expr):
+        return False
+    calls = [stmt.value] if _log_parts(stmt.value) else _guarded_log(stmt)
+    return any(_log_parts(c)[0].value not in logged for c in calls)
+
+
+def _guarded_log(stmt: ast.Expr) -> list[ast.Call]:
+    """The `flor.log` calls of `cond and flor.log(...)` / `flor.log(...) if c else None`."""
+    if not isinstance(stmt.value, ast.IfExp | ast.BoolOp):
+        return []
+    return [n for n in ast.walk(stmt.value) if isinstance(n, ast.Call) and _log_parts(n)]
 
 
 def _apply(source: str, plans: list[_Plan]) -> Patched | Refusal:

@@ -3,6 +3,10 @@
 A segment's records go to a staging directory and are moved under the run
 (`runs/<key>/replays/<id>`) only when the process succeeded, so a failed segment leaves
 nothing behind and ingest never sees half a replay. The user's working tree is never touched.
+
+Segments run in the session's warm worker pool (replay_pool.py: a zygote per worker that has
+imported the scripts' heavy modules forks a child per segment), or, with FLOR_REPLAY_POOL=0,
+on a platform without fork, or if the pool cannot start, as one new interpreter each.
 """
 
 from __future__ import annotations
@@ -13,15 +17,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog_session import CatalogSession
 from .replay_plan import ReplayPlan, RunPlan, Segment
+from .replay_pool import (
+    ALSO_WARM,
+    PoolError,
+    ReplayPool,
+    Task,
+    local_names,
+    pool_enabled,
+    preload_modules,
+    torch_installed,
+)
 
 TRACEBACK_LINES = 8
 MEMO_UNSAFE_EXIT = 3  # flor's replay process: memoization turned out unsafe
@@ -35,60 +51,156 @@ class TaskResult:
     seconds: float
     error: str | None = None
     memoized: bool = False  # the inner loops were skipped (and the run-time check held)
+    pooled: bool = False  # ran in a forked child of a warm worker, not a new interpreter
+
+
+@dataclass
+class _Outcome:
+    returncode: int
+    stderr: str
 
 
 def run_replay(session: CatalogSession, plan: ReplayPlan,
                progress: Callable[[TaskResult, int, int], None] | None = None) -> list[TaskResult]:
     """Execute every task of `plan`; failures are reported, the other tasks go on."""
-    tasks = plan.tasks
-    threads = max(1, (os.cpu_count() or 1) // max(1, plan.workers))
+    tasks = sorted(plan.tasks, key=lambda t: -t[1].seconds)  # longest first, as estimated
+    workers = max(1, plan.workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = session.replay_pool if tasks and pool_enabled() else None
+    modules = [] if pool is None else (
+        plan.modules or replay_modules(session.project.root, [r for r, _ in tasks]))
     results = []
-    with ThreadPoolExecutor(max_workers=max(1, plan.workers)) as pool:
-        futures = [pool.submit(_run_task, session, run, seg, slot % max(1, plan.workers),
-                               threads) for slot, (run, seg) in enumerate(tasks)]
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        futures = [executor.submit(_run_task, session, run, seg, slot % workers, threads,
+                                   pool, modules, workers)
+                   for slot, (run, seg) in enumerate(tasks)]
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
             results.append(result)
             if progress:
                 progress(result, done, len(tasks))
+    if tasks:  # forget worktrees whose removal failed
+        subprocess.run(["git", "worktree", "prune"], cwd=session.project.root,
+                       capture_output=True, text=True)
     session.refresh()
     return results
 
 
-def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int,
-              threads: int) -> TaskResult:
+def replay_modules(root: Path, runs: Iterable[RunPlan]) -> list[str]:
+    """What the pool's workers import ahead: the patched scripts' heavy imports."""
+    modules: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for run in runs:
+        if (run.vid, run.filename) in seen:
+            continue
+        seen.add((run.vid, run.filename))
+        local = local_names(_entries_at(root, run.vid, str(Path(run.filename).parent)))
+        modules.extend(preload_modules(run.patched or "", local))
+    return list(dict.fromkeys(modules))
+
+
+def warm_pool(session: CatalogSession, workers: int | None = None) -> threading.Thread:
+    """Start warming the session's replay workers in a background thread (join() it to wait);
+    a thread that does nothing when the pool is off."""
+    if not pool_enabled():
+        thread = threading.Thread(target=lambda: None, name="flor-replay-warm", daemon=True)
+        thread.start()
+        return thread
+    workers = max(1, workers or os.cpu_count() or 1)
+    modules = warm_modules(session)  # the catalog is read here, not in the thread
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return session.replay_pool.warm_async(workers, modules, threads)
+
+
+def warm_modules(session: CatalogSession) -> list[str]:
+    """What to import ahead before any plan: torch if installed, and the heavy imports of the
+    working-tree version of every script the project's runs ran."""
+    modules = ["torch", *ALSO_WARM["torch"]] if torch_installed() else []
+    root = session.project.root
+    rows = session.con.execute("SELECT DISTINCT filename FROM runs").fetchall()
+    for (filename,) in rows:
+        path = root / (filename or "")
+        if not filename or not path.is_file():
+            continue
+        try:
+            source = path.read_text()
+            local = local_names(os.listdir(path.parent))
+        except OSError:
+            continue
+        modules.extend(preload_modules(source, local))
+    return list(dict.fromkeys(modules))
+
+
+def _entries_at(root: Path, vid: str, folder: str) -> list[str]:
+    """The names of the files and folders in `folder` of commit `vid`."""
+    spec = vid if folder in ("", ".") else f"{vid}:{folder}"
+    proc = subprocess.run(["git", "ls-tree", "--name-only", spec], cwd=root,
+                          capture_output=True, text=True)
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int, threads: int,
+              pool: ReplayPool | None, modules: list[str], workers: int) -> TaskResult:
     started = time.monotonic()
     replay_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = session.project.home / "replays-staging" / replay_id
-    with tempfile.TemporaryDirectory(prefix="flor-replay-") as tmp:
-        worktree = Path(tmp) / "tree"
+    zygote = None
+    if pool is not None:
         try:
-            _add_worktree(session.project.root, worktree, run.vid)
-            (worktree / run.filename).write_text(run.patched or "")
-            proc = _launch(worktree, run, seg, replay_id, staging, slot, threads, run.memoize)
-            memoized = run.memoize and proc.returncode == 0
-            if run.memoize and proc.returncode == MEMO_UNSAFE_EXIT:  # replay it in full
+            zygote = pool.acquire(workers, modules, threads)
+        except PoolError as e:  # start one interpreter for this task instead
+            warnings.warn(f"replay workers unavailable, starting a process per task: {e}",
+                          RuntimeWarning, stacklevel=2)
+    try:
+        with tempfile.TemporaryDirectory(prefix="flor-replay-") as tmp:
+            worktree = Path(tmp) / "tree"
+
+            def launch(memoize: bool) -> _Outcome:
+                env = _task_env(run, seg, replay_id, staging, threads, memoize,
+                                zygote.slot if zygote is not None else slot)
+                if zygote is None:
+                    argv = [sys.executable, run.filename, *run.argv[1:]]
+                    proc = subprocess.run(argv, cwd=worktree, env=env, capture_output=True,
+                                          text=True)
+                    return _Outcome(proc.returncode, proc.stderr)
+                out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+                rc = zygote.run(Task(cwd=str(worktree), argv=[run.filename, *run.argv[1:]],
+                                     env=env, stdout=str(out), stderr=str(err),
+                                     threads=threads))
+                return _Outcome(rc, _read_tail(err))
+
+            try:
+                _add_worktree(session.project.root, worktree, run.vid)
+                (worktree / run.filename).write_text(run.patched or "")
+                outcome = launch(run.memoize)
+                memoized = run.memoize and outcome.returncode == 0
+                if run.memoize and outcome.returncode == MEMO_UNSAFE_EXIT:  # replay it in full
+                    shutil.rmtree(staging, ignore_errors=True)
+                    outcome = launch(False)
+            except (OSError, RuntimeError) as e:  # PoolError included: the worker died
                 shutil.rmtree(staging, ignore_errors=True)
-                proc = _launch(worktree, run, seg, replay_id, staging, slot, threads, False)
-        except (OSError, RuntimeError) as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            return TaskResult(run, seg, False, time.monotonic() - started,
-                              f"version {run.vid[:10]}: {e}")
-        finally:
-            _remove_worktree(session.project.root, worktree)
-    if proc.returncode != 0:
+                return TaskResult(run, seg, False, time.monotonic() - started,
+                                  f"version {run.vid[:10]}: {e}", pooled=zygote is not None)
+            finally:
+                _remove_worktree(session.project.root, worktree)
+    finally:
+        if zygote is not None:
+            pool.release(zygote)
+    if outcome.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        tail = "\n".join(proc.stderr.strip().splitlines()[-TRACEBACK_LINES:])
+        tail = "\n".join(outcome.stderr.strip().splitlines()[-TRACEBACK_LINES:])
         return TaskResult(run, seg, False, time.monotonic() - started,
-                          f"version {run.vid[:10]} exited {proc.returncode}: {tail}")
+                          f"version {run.vid[:10]} exited {outcome.returncode}: {tail}",
+                          pooled=zygote is not None)
     final = Path(run.run_dir) / "replays" / replay_id
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, final)
-    return TaskResult(run, seg, True, time.monotonic() - started, memoized=memoized)
+    return TaskResult(run, seg, True, time.monotonic() - started, memoized=memoized,
+                      pooled=zygote is not None)
 
 
-def _launch(worktree: Path, run: RunPlan, seg: Segment, replay_id: str, staging: Path,
-            slot: int, threads: int, memoize: bool) -> subprocess.CompletedProcess:
+def _task_env(run: RunPlan, seg: Segment, replay_id: str, staging: Path, threads: int,
+              memoize: bool, slot: int) -> dict[str, str]:
     spec = {"run_dir": run.run_dir, "replay_id": replay_id, "loop": run.loop,
             "start": seg.start, "stop": seg.stop, "names": run.names, "out_dir": str(staging),
             "memoize": memoize}
@@ -98,8 +210,17 @@ def _launch(worktree: Path, run: RunPlan, seg: Segment, replay_id: str, staging:
     if gpus:  # one GPU per worker slot, round robin
         ids = gpus.split(",")
         env["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
-    argv = [sys.executable, run.filename, *run.argv[1:]]
-    return subprocess.run(argv, cwd=worktree, env=env, capture_output=True, text=True)
+    return env
+
+
+def _read_tail(path: Path, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _add_worktree(root: Path, path: Path, vid: str) -> None:
@@ -112,4 +233,3 @@ def _add_worktree(root: Path, path: Path, vid: str) -> None:
 def _remove_worktree(root: Path, path: Path) -> None:
     subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root,
                    capture_output=True, text=True)
-    subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True, text=True)

@@ -12,23 +12,22 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import OptimizeError, SqlglotError
-from sqlglot.optimizer.qualify import qualify
-from sqlglot.optimizer.scope import traverse_scope
-from sqlglot.schema import MappingSchema
+from sqlglot.errors import SqlglotError
 
-from .errors import UnknownColumnError
+from .analyze import Analysis, analyze_statement
 from .history import build_history_sql
 from .names import HistorySchema
 
 log = logging.getLogger(__name__)
 HISTORY = "history"
+_BODY_MARKER = "__florsql_history_body__"
 _MENTIONS_HISTORY = re.compile(r"\bhistory\b", re.IGNORECASE)
-_UNRESOLVED = re.compile(r"Column '([^']+)' could not be resolved")
 
 
 @dataclass
@@ -38,10 +37,16 @@ class Rewrite:
     sql: str
     needs_full_view: bool = False
     referenced: frozenset[str] | None = None
+    analysis: Analysis = field(default_factory=Analysis)
 
 
-def rewrite_query(sql: str, schema: HistorySchema, tables: dict[str, dict[str, str]]) -> Rewrite:
-    """Expand `history` in `sql`; `tables` maps the catalog's tables to their column types."""
+def rewrite_query(sql: str, schema: HistorySchema, tables: dict[str, dict[str, str]],
+                  script_names: Mapping[str, str] | None = None, params: Any = None) -> Rewrite:
+    """Expand `history` in `sql`; `tables` maps the catalog's tables to their column types.
+
+    `script_names` (lower-cased -> spelling) are names today's scripts log: the query may use
+    them before any run has; they read as NULL until replayed (`Rewrite.analysis` says which).
+    """
     if not _MENTIONS_HISTORY.search(sql):
         return Rewrite(sql)
     try:
@@ -49,43 +54,20 @@ def rewrite_query(sql: str, schema: HistorySchema, tables: dict[str, dict[str, s
     except SqlglotError as e:
         log.debug("sqlglot cannot parse, using the full history view: %s", e)
         return Rewrite(sql, needs_full_view=True)
-    out, full, seen = [], False, set()
+    out, analysis, script_names = [], Analysis(), script_names or {}
     for statement in filter(None, statements):
         if not _reads_history(statement):
             out.append(statement.sql(dialect="duckdb"))
             continue
         if not isinstance(statement, exp.Query):
             return Rewrite(sql, needs_full_view=True)
-        referenced = referenced_columns(statement, schema, tables)
-        seen |= referenced
-        out.append(_with_history_cte(statement, schema, referenced).sql(dialect="duckdb"))
-    return Rewrite(";\n".join(out), needs_full_view=full, referenced=frozenset(seen))
-
-
-def referenced_columns(statement: exp.Expression, schema: HistorySchema,
-                       tables: dict[str, dict[str, str]]) -> set[str]:
-    """The `history` columns `statement` reads (every one for `SELECT *`)."""
-    history_cols = schema.columns()
-    mapping = MappingSchema({**tables, HISTORY: history_cols}, dialect="duckdb")
-    try:
-        qualified = qualify(statement.copy(), schema=mapping, dialect="duckdb",
-                            validate_qualify_columns=True, quote_identifiers=False)
-    except OptimizeError as e:
-        unresolved = _UNRESOLVED.search(str(e))
-        if unresolved:
-            known = [*history_cols, *{c for cols in tables.values() for c in cols}]
-            raise UnknownColumnError(unresolved.group(1), known) from None
-        log.debug("qualify failed, falling back to column names: %s", e)
-        return _column_names(statement, history_cols)
-    except SqlglotError as e:
-        log.debug("qualify failed, falling back to column names: %s", e)
-        return _column_names(statement, history_cols)
-    found: set[str] = set()
-    for scope in traverse_scope(qualified):
-        aliases = {alias for alias, (_, source) in scope.selected_sources.items()
-                   if isinstance(source, exp.Table) and source.name.lower() == HISTORY}
-        found |= {c.name.lower() for c in scope.columns if c.table in aliases}
-    return found
+        found = analyze_statement(statement, schema, tables, script_names, params)
+        analysis.merge(found)
+        pending = schema.with_pending(script_names[n] for n in found.referenced
+                                      if n in script_names)
+        out.append(_with_history_cte(statement, pending, found.referenced))
+    return Rewrite(";\n".join(out), referenced=frozenset(analysis.referenced),
+                   analysis=analysis)
 
 
 def _reads_history(statement: exp.Expression) -> bool:
@@ -95,9 +77,14 @@ def _reads_history(statement: exp.Expression) -> bool:
 
 
 def _with_history_cte(statement: exp.Query, schema: HistorySchema,
-                      referenced: set[str]) -> exp.Query:
-    body = sqlglot.parse_one(build_history_sql(schema, referenced), read="duckdb")
-    cte = exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(HISTORY)))
+                      referenced: set[str]) -> str:
+    """`statement` as DuckDB SQL with a `history` CTE in front of its own CTEs.
+
+    The CTE body is built as SQL text by history.py; it goes in through a marker rather than
+    through sqlglot's parser, which would cost a parse of it on every query.
+    """
+    marker = exp.select(exp.alias_(exp.Literal.number(1), _BODY_MARKER))
+    cte = exp.CTE(this=marker, alias=exp.TableAlias(this=exp.to_identifier(HISTORY)))
     rewritten = statement.copy()
     key = "with_" if "with_" in type(rewritten).arg_types else "with"  # sqlglot >= 28 renamed it
     with_ = rewritten.args.get(key)
@@ -105,14 +92,12 @@ def _with_history_cte(statement: exp.Query, schema: HistorySchema,
         rewritten.set(key, exp.With(expressions=[cte]))
     else:
         with_.set("expressions", [cte, *with_.expressions])
-    return rewritten
-
-
-def _column_names(statement: exp.Expression, history_cols: dict[str, str]) -> set[str]:
-    if any(isinstance(s, exp.Star) for s in statement.find_all(exp.Star)):
-        return {c.lower() for c in history_cols}
-    names = {c.name.lower() for c in statement.find_all(exp.Column)}
-    return names & {c.lower() for c in history_cols}
+    text, body = rewritten.sql(dialect="duckdb"), build_history_sql(schema, referenced)
+    placeholder = marker.sql(dialect="duckdb")
+    if text.count(placeholder) != 1:  # the user's own SQL holds the marker: parse the body
+        cte.set("this", sqlglot.parse_one(body, read="duckdb"))
+        return rewritten.sql(dialect="duckdb")
+    return text.replace(placeholder, body)
 
 
 def closest(name: str, known: list[str], n: int = 3) -> list[str]:

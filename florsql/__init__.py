@@ -5,7 +5,10 @@ PEP 249 module: `florsql.connect(path)` returns a Connection over the project's 
 
 from __future__ import annotations
 
+from typing import Any
+
 from .dbapi import Connection, Cursor
+from .engine.errors import ReplayWarning
 from .exceptions import (
     DatabaseError,
     DataError,
@@ -39,9 +42,18 @@ threadsafety = 1  # threads may share the module, not connections
 paramstyle = "qmark"
 
 
-def connect(path: str = ".") -> Connection:
-    """Open the catalog of the project at `path` (any directory inside its git repo)."""
-    return Connection(path)
+def connect(path: str = ".", *, replay: str = "auto", max_replay_seconds: float | None = None,
+            workers: int | None = None, confirm: Any = None, progress: Any = None) -> Connection:
+    """Open the catalog of the project at `path` (any directory inside its git repo).
+
+    `replay` says what a query that names values some runs lack does: "auto" replays those
+    runs first, "ask" replays when `confirm(plan)` returns True, "off" answers with NULLs and
+    a warning. `max_replay_seconds` refuses a replay estimated to take longer; `workers`
+    replay processes run at once (default: one per core); `progress(result, done, total)`
+    is called as each replay task ends.
+    """
+    return Connection(path, replay=replay, max_replay_seconds=max_replay_seconds,
+                      workers=workers, confirm=confirm, progress=progress)
 
 
 __all__ = [
@@ -68,6 +80,7 @@ __all__ = [
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
+    "ReplayWarning",
     "Warning",
     "apilevel",
     "connect",

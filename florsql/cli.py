@@ -1,6 +1,7 @@
 """The `florsql` command: SQL over a project's history, saved queries, the shell.
 
     florsql [PROJECT] -c "SQL" | -f FILE.sql | < FILE.sql   run SQL and print the result
+        [--yes | --no-replay] [--max-replay-seconds S] [--workers K]  (missing values)
     florsql [PROJECT]                                         the interactive shell (on a tty)
     florsql run NAME [--param k=v ...] [--project DIR]        run a saved query
     florsql queries [--project DIR]                           list saved queries
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--command", metavar="SQL", help="run SQL and exit")
     parser.add_argument("-f", "--file", metavar="FILE.sql", help="run the SQL in a file and exit")
     _add_format(parser)
+    _add_replay_flags(parser)
     return parser
 
 
@@ -49,6 +51,7 @@ def build_run_parser() -> argparse.ArgumentParser:
                         help="a value for one of the query's :parameters (repeatable)")
     parser.add_argument("--project", default=".", help="project directory (default: .)")
     _add_format(parser)
+    _add_replay_flags(parser)
     return parser
 
 
@@ -95,7 +98,7 @@ def _main(argv: list[str]) -> int:
         print("florsql: give a query with -c SQL, -f FILE.sql or on standard input",
               file=sys.stderr)
         return 2
-    return _run_sql(args.project, sql, None, args.format)
+    return _run_sql(args.project, sql, None, args.format, _replay_options(args))
 
 
 def _run_saved(argv: list[str]) -> int:
@@ -106,7 +109,7 @@ def _run_saved(argv: list[str]) -> int:
         sql, params = query.bind(parse_assignments(args.param))
     except (SavedQueryError, exceptions.Error) as e:
         return _fail(str(e))
-    return _run_sql(args.project, sql, params or None, args.format)
+    return _run_sql(args.project, sql, params or None, args.format, _replay_options(args))
 
 
 def _list_saved(argv: list[str]) -> int:
@@ -121,9 +124,11 @@ def _list_saved(argv: list[str]) -> int:
     return 0
 
 
-def _run_sql(project: str, sql: str, params: dict | None, fmt: str) -> int:
+def _run_sql(project: str, sql: str, params: dict | None, fmt: str,
+             replay: dict | None = None) -> int:
     try:
-        with Connection(project) as conn, warnings.catch_warnings(record=True) as caught:
+        with Connection(project, **(replay or {})) as conn, \
+                warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cur = conn.execute(sql, params)
             columns = [d[0] for d in cur.description or ()]
@@ -149,6 +154,32 @@ def _project_root(project: str) -> Path | None:
 def _add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="output format (default: table)")
+
+
+def _add_replay_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "missing values", "a query that names values today's script logs but past runs lack "
+        "replays those runs first; on a terminal it shows the plan and asks")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--replay", dest="replay", action="store_const", const="ask",
+                        default="ask", help="replay what the query needs, asking first "
+                        "(the default; without a terminal, only with --yes)")
+    choice.add_argument("--yes", "-y", dest="replay", action="store_const", const="auto",
+                        help="replay without asking")
+    choice.add_argument("--no-replay", dest="replay", action="store_const", const="off",
+                        help="answer with NULLs for what is missing, and warn")
+    group.add_argument("--max-replay-seconds", type=float, metavar="S",
+                       help="refuse a replay estimated to take longer than S seconds")
+    group.add_argument("--workers", type=int, metavar="K",
+                       help="replay processes at once (default: one per core)")
+
+
+def _replay_options(args: argparse.Namespace) -> dict:
+    from .retroactive import ask_on_terminal, progress_printer
+
+    return {"replay": args.replay, "max_replay_seconds": args.max_replay_seconds,
+            "workers": args.workers, "confirm": ask_on_terminal,
+            "progress": progress_printer()}
 
 
 def _fail(message: str) -> int:

@@ -51,6 +51,7 @@ class DotCommand:
     handler: Callable[[Shell, list[str]], None]
     nargs: tuple[int, int]  # fewest, most (-1: any number)
     arg_kind: str = ""  # what completion offers for the first argument
+    raw: bool = False  # the handler gets the rest of the line unsplit (SQL keeps its quotes)
 
     def usage(self) -> str:
         return f"{self.name} {self.args}".rstrip()
@@ -60,12 +61,12 @@ COMMANDS: dict[str, DotCommand] = {}
 
 
 def command(names: str, args: str = "", help: str = "", nargs: tuple[int, int] = (0, 0),
-            arg_kind: str = "") -> Callable:
+            arg_kind: str = "", raw: bool = False) -> Callable:
     """Register a handler under one or more space-separated names (`.quit .exit`)."""
 
     def register(fn: Callable[[Shell, list[str]], None]) -> Callable[[Shell, list[str]], None]:
         for name in names.split():
-            COMMANDS[name] = DotCommand(name, args, help, fn, nargs, arg_kind)
+            COMMANDS[name] = DotCommand(name, args, help, fn, nargs, arg_kind, raw)
         return fn
 
     return register
@@ -77,6 +78,14 @@ def command_specs() -> list[CommandSpec]:
 
 def dispatch(shell: Shell, line: str) -> None:
     """Run one dot-command line; raises CommandError on misuse, ExitShell to quit."""
+    head, _, rest = line.strip().partition(" ")
+    if head in COMMANDS and COMMANDS[head].raw:
+        sql = rest.strip().rstrip(";").strip()
+        args = [sql] if sql else []
+        if len(args) < COMMANDS[head].nargs[0]:
+            raise CommandError(f"usage: {COMMANDS[head].usage()}  ({COMMANDS[head].help})")
+        COMMANDS[head].handler(shell, args)
+        return
     try:
         name, *args = shlex.split(line.strip().rstrip(";"))
     except ValueError as e:
@@ -194,6 +203,23 @@ def _timer(shell: Shell, args: list[str]) -> None:
     if args[0].lower() not in ("on", "off"):
         raise CommandError(f"usage: .timer on|off (not {args[0]!r})")
     shell.timer = args[0].lower() == "on"
+
+
+@command(".replay", "[auto|ask|off]", "what a query that names missing values does: "
+         "replay them, ask first (the default), or answer with NULLs", (0, 1), "replay")
+def _replay(shell: Shell, args: list[str]) -> None:
+    if not args:
+        shell.emit(f"replay: {shell.conn.replay}")
+    elif args[0] not in ("auto", "ask", "off"):
+        raise CommandError(f"unknown replay mode {args[0]!r}: use auto, ask or off")
+    else:
+        shell.conn.replay = args[0]
+
+
+@command(".explain", "SELECT ...", "show the replay a query needs, with its estimated time, "
+         "without running anything", (1, 1), raw=True)
+def _explain(shell: Shell, args: list[str]) -> None:
+    shell.run_sql("EXPLAIN REPLAY " + args[0])
 
 
 def user_tables(session: Any) -> dict[str, dict[str, str]]:

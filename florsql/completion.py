@@ -131,6 +131,7 @@ def _suggest_command(text: str, tables: dict[str, list[str]], saved_queries: Seq
     if spec is None or len(args) > 1:
         return []
     options = {"query": list(saved_queries), "mode": list(MODES), "onoff": ["on", "off"],
+               "replay": ["auto", "ask", "off"],
                "table": [HISTORY, *tables]}.get(spec.arg_kind, [])
     return _matches(args[0], options, spec.arg_kind)
 

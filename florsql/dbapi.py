@@ -15,14 +15,32 @@ from typing import Any
 import duckdb
 
 from . import exceptions as exc
-from .engine import CatalogSession, EngineError, IngestReport, UnknownColumnError
+from .engine import (
+    CatalogSession,
+    EngineError,
+    IngestReport,
+    ReplayBudgetError,
+    ReplayWarning,
+    UnknownColumnError,
+)
+from .engine.retro import plan_retroactive
+from .retroactive import EXPLAIN_REPLAY, PLAN_COLUMNS, ReplayPolicy, check_mode, fill_missing
+from .retroactive import plan_rows as _plan_rows
 from .translate import check_read_only, describe, translate
 
 
 class Connection:
-    """An open catalog. New record parts are ingested before every statement."""
+    """An open catalog. New record parts are ingested before every statement.
 
-    def __init__(self, path: str = ".") -> None:
+    A query that names values today's scripts log but some runs lack is answered after
+    replaying those runs (`replay="auto"`), after `confirm(plan)` says yes (`"ask"`), or with
+    NULLs and a warning (`"off"`). `max_replay_seconds` caps the estimated replay time.
+    """
+
+    def __init__(self, path: str = ".", *, replay: str = "auto",
+                 max_replay_seconds: float | None = None, workers: int | None = None,
+                 confirm: Any = None, progress: Any = None) -> None:
+        self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress)
         try:
             self.session = CatalogSession(path)
         except EngineError as e:
@@ -56,6 +74,15 @@ class Connection:
             warnings.warn(str(w.message), w.category, stacklevel=3)
         return report
 
+    @property
+    def replay(self) -> str:
+        """The replay mode: auto, ask or off (settable)."""
+        return self.replay_policy.mode
+
+    @replay.setter
+    def replay(self, mode: str) -> None:
+        self.replay_policy.mode = check_mode(mode)
+
     def commit(self) -> None:
         """Nothing to commit: florsql takes no writes. Present for PEP 249."""
         self._check_open()
@@ -66,7 +93,7 @@ class Connection:
 
     def close(self) -> None:
         if not self._closed:
-            self._con.close()
+            self.session.close()  # the catalog, and the warm replay workers with it
             self._closed = True
 
     @property
@@ -94,6 +121,7 @@ class Cursor:
         self.description: tuple | None = None
         self.rowcount = -1
         self.messages: list[tuple[type, str]] = []
+        self.replay_plan: Any = None  # the RetroPlan of the last EXPLAIN REPLAY
         self._result: duckdb.DuckDBPyConnection | None = None
         self._has_rows = False
         self._closed = False
@@ -108,13 +136,13 @@ class Cursor:
             self.connection.refresh()
         self.messages = list(self.connection.messages)
         self.connection.messages.clear()
+        self._end_transaction()
+        explain = EXPLAIN_REPLAY.match(sql)
+        if explain:
+            return self._explain_replay(explain.group(1), parameters)
         session = self.connection.session
         kinds = check_read_only(session.con, sql)
-        try:
-            prepared = session.prepare(sql)
-        except UnknownColumnError as e:
-            raise exc.ProgrammingError(str(e)) from None
-        self._end_transaction()
+        prepared = self._fill_missing(sql, parameters, self._prepare(sql, parameters))
         self._result = session.con.cursor()
         try:
             if prepared.needs_full_view:  # sqlglot could not rewrite it: a temp view does
@@ -129,6 +157,54 @@ class Cursor:
         self.description = describe(self._result.description, kinds[-1])
         self._has_rows = self.description is not None
         self.rowcount = -1
+        return self
+
+    def _prepare(self, sql: str, parameters: Any) -> Any:
+        try:
+            return self.connection.session.prepare(sql, parameters)
+        except UnknownColumnError as e:
+            raise exc.ProgrammingError(str(e)) from None
+
+    def _fill_missing(self, sql: str, parameters: Any, prepared: Any) -> Any:
+        """Replay what the query lacks (by the connection's mode); warn about what stays NULL."""
+        try:
+            prepared, lines = fill_missing(self.connection.session, prepared, sql, parameters,
+                                           self.connection.replay_policy)
+        except ReplayBudgetError as e:
+            raise exc.OperationalError(str(e)) from None
+        except EngineError as e:
+            raise exc.OperationalError(f"replay failed: {e}") from None
+        except duckdb.Error as e:  # the query's own WHERE, run to choose runs, is wrong
+            raise translate(e) from None
+        for line in lines:
+            self.messages.append((exc.Warning, line))
+            warnings.warn(line, ReplayWarning, stacklevel=4)
+        return prepared
+
+    def _explain_replay(self, sql: str, parameters: Any) -> Cursor:
+        """`EXPLAIN REPLAY <select>`: the replay plan as rows; nothing runs."""
+        import pyarrow as pa
+
+        session = self.connection.session
+        check_read_only(session.con, sql)
+        analysis = self._prepare(sql, parameters).analysis
+        try:
+            plan = (plan_retroactive(session, analysis, self.connection.replay_policy.workers)
+                    if analysis.replayable else None)
+        except duckdb.Error as e:
+            raise translate(e) from None
+        except EngineError as e:
+            raise exc.OperationalError(str(e)) from None
+        rows = _plan_rows(plan) if plan else []
+        types = [pa.string()] * (len(PLAN_COLUMNS) - 1) + [pa.float64()]
+        table = pa.table([pa.array([r[i] for r in rows], type=t) for i, t in enumerate(types)],
+                         names=PLAN_COLUMNS)
+        self.replay_plan = plan
+        self._result = session.con.cursor()
+        self._result.register("florsql_replay_plan", table)
+        self._result.execute("SELECT * FROM florsql_replay_plan")
+        self.description = describe(self._result.description, "SELECT")
+        self._has_rows, self.rowcount = True, -1
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any] | dict]) -> Cursor:

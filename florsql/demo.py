@@ -1,4 +1,5 @@
-"""The demo: train the example script a few times in a scratch git repo, then query the history.
+"""The demo: train the example script a few times in a scratch git repo, query the history,
+then ask for a value no run logged (`val_loss`), which florsql replays from checkpoints.
 
     python -m florsql.demo [--dir DIR]
 """
@@ -29,6 +30,11 @@ SELECT runid, left(vid, 8) AS vid, lr, hidden,
 FROM history
 GROUP BY runid, vid, lr, hidden, tstamp
 ORDER BY tstamp"""
+NEW_STATEMENT = '            flor.log("val_loss", criterion(model(x), y).item())\n'
+RETRO_QUERY = """\
+SELECT runid, epoch, round(accuracy, 3) AS accuracy, round(val_loss, 4) AS val_loss
+FROM history WHERE lr > 0.02 AND epoch >= 3
+ORDER BY tstamp, epoch"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +53,27 @@ def main(argv: list[str] | None = None) -> int:
     with Connection(str(repo)) as conn:
         cur = conn.execute(QUERY)
         print(format_rows([d[0] for d in cur.description], cur.fetchall()))
+    _hindsight(repo)
     print(f"\nTry: florsql {repo}    (the shell; .help lists its commands)")
     print(f"     florsql run best_epoch --project {repo}")
     return 0
+
+
+def _hindsight(repo: Path) -> None:
+    """Log something new today and ask for it over the past runs: they are replayed."""
+    from .retroactive import describe_plan, progress_printer
+
+    script = repo / "train.py"
+    anchor = "            accuracy = ((model(x) > 0).float() == y).float().mean().item()\n"
+    script.write_text(script.read_text().replace(anchor, anchor + NEW_STATEMENT))
+    print(f"\n# hindsight: today's train.py also logs val_loss:\n{NEW_STATEMENT.strip()}")
+    print(f"\n# florsql --yes -c <query> {repo}\n{RETRO_QUERY};\n")
+    with Connection(str(repo), replay="auto", workers=2, progress=progress_printer()) as conn:
+        print(describe_plan(conn.execute("EXPLAIN REPLAY " + RETRO_QUERY).replay_plan))
+        cur = conn.execute(RETRO_QUERY)
+        print(format_rows([d[0] for d in cur.description], cur.fetchall()))
+        for _, message in cur.messages:
+            print(f"warning: {message}")
 
 
 def _make_repo(repo: Path) -> None:

@@ -36,7 +36,9 @@ from . import __version__, exceptions
 from .commands import CommandError, ExitShell, command_specs, dispatch, user_tables
 from .completion import Catalog, SqlCompleter
 from .dbapi import Connection
+from .engine.retro import RetroPlan
 from .formatting import format_rows, format_vertical, underline
+from .retroactive import EXPLAIN_REPLAY, describe_plan, plan_summary, progress_printer
 from .saved import SavedQueryError, list_queries
 from .translate import one_line
 
@@ -55,7 +57,7 @@ def run_shell(project: str, *, input: Input | None = None, output: Output | None
     """
     out = stdout or sys.stdout
     try:
-        conn = Connection(project)
+        conn = Connection(project, replay="ask")
     except exceptions.Error as e:
         print(f"florsql: error: {e}", file=out)
         return 1
@@ -99,6 +101,8 @@ class Shell:
             lexer=PygmentsLexer(SqlLexer), history=FileHistory(str(history_path(history_file))),
             auto_suggest=AutoSuggestFromHistory(), enable_history_search=False,
             complete_while_typing=True, input=input, output=output)
+        conn.replay_policy.confirm = self.confirm_replay
+        conn.replay_policy.progress = progress_printer(self.stdout)
         self.run_quietly(conn.refresh)
         self.refresh_catalog()
 
@@ -134,6 +138,9 @@ class Shell:
 
     def run_text(self, text: str) -> None:
         """Run each SQL statement of `text` in turn, stopping at the first error."""
+        if EXPLAIN_REPLAY.match(text):  # not DuckDB syntax: it cannot split it
+            self.run_sql(text.strip().rstrip(";"))
+            return
         try:
             statements = [s.query for s in self._parser.extract_statements(text)]
         except duckdb.Error as e:
@@ -158,10 +165,23 @@ class Shell:
             self.message(f"warning: {w.message}")
         if cur.description:
             self.show([d[0] for d in cur.description], rows)
+        if cur.replay_plan is not None:
+            self.message(plan_summary(cur.replay_plan))
         if self.timer:
             self.message(f"Time: {time.perf_counter() - started:.3f}s")
         self.refresh_catalog()
         return True
+
+    def confirm_replay(self, plan: RetroPlan) -> bool:
+        """`ask` mode: show the plan and its estimated cost, replay only on a yes."""
+        self.message(describe_plan(plan))
+        ask = PromptSession(input=self.session.input, output=self.session.output)
+        try:
+            answer = ask.prompt(f"Replay {len(plan.tasks)} task(s), estimated "
+                                f"{plan.estimated_seconds:.0f} s? [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
     def show(self, columns: list[str], rows: list[tuple]) -> None:
         text = format_rows(columns, rows, self.mode)
@@ -206,7 +226,10 @@ class Shell:
         except SavedQueryError:
             queries = self._catalog[2]
         tables = {t: list(cols) for t, cols in user_tables(session).items() if t != "history"}
-        self._catalog = (tables, list(session.history_schema.columns()), queries)
+        columns = list(session.history_schema.columns())
+        known = {c.lower() for c in columns}
+        columns += sorted(n for k, n in session.script_names().items() if k not in known)
+        self._catalog = (tables, columns, queries)
 
     def run_quietly(self, step: Callable[[], object]) -> None:
         """Run `step`, printing its warnings as one line each."""

@@ -72,15 +72,16 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
     """The pivoted history of `names`: identity, the loop dims down to their grain, the values.
 
     `flor.dataframe("loss")` has a row per step of every run; `flor.dataframe("lr", "acc")`
-    a row per run (or per epoch if `acc` is logged per epoch).
+    a row per run (or per epoch if `acc` is logged per epoch). A name that today's script logs
+    but past runs lack is replayed for them first, as any florsql query does.
     """
     from sqlglot import exp
-
 
     if not names:
         raise ValueError("flor.dataframe(*names): name at least one logged value or arg")
     with _connection(path) as conn:
         conn.refresh()
+        _fill_missing(conn, names)
         schema = conn.session.history_schema
         known = {k: info for k, info in schema.values.items()}
         depth = max((known[n.lower()].max_depth for n in names if n.lower() in known), default=0)
@@ -92,6 +93,19 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
                                        refresh=False).df()
     # pandas sorts these keys faster than DuckDB sorts rows with their text payload
     return frame.sort_values(["tstamp", *dims], kind="stable", ignore_index=True)
+
+
+def _fill_missing(conn: Any, names: tuple[str, ...]) -> None:
+    """Names only today's script logs: replay them first (by the connection's replay mode),
+    so the grain below comes from where they are logged."""
+    from sqlglot import exp
+
+    known = conn.session.history_schema.columns_lower
+    missing = [n for n in names if n.lower() not in known]
+    if missing:
+        select = ", ".join(exp.to_identifier(n, quoted=True).sql("duckdb") for n in missing)
+        with conn.cursor() as cur:
+            cur._execute(f"SELECT {select} FROM history LIMIT 0", None, refresh=False)
 
 
 def log_records(path: str | os.PathLike = ".") -> Any:

@@ -54,29 +54,31 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
     for i, item in enumerate(iterable):
         if i < start:
             continue
-        if replay and replay.memoize and i > start:
-            _verify_memoized(session, name, i)
         if stop is not None and i >= stop:
             _end_replay(session)
         rec.ctx = ((name, i),)
         now = time.perf_counter()
-        if replay and i == start:
+        skip = False
+        if replay and i == start and (i > 0 or ckpt.has(replay.run_dir, name, i)):
+            # from the top, a run that saved no checkpoint starts as the original did
             ckpt.restore(replay.run_dir, name, i)
         elif replay and not replay.memoize and ckpt.has(replay.run_dir, name, i):
             ckpt.restore(replay.run_dir, name, i)  # a side effect of a new statement stops here
-        if replay and replay.memoize:
-            session.memo_pending = (name, i + 1)
+        if replay and replay.memoize and ckpt.has(replay.run_dir, name, i + 1):
+            # memoized: the inner loop is skipped by restoring the state saved at its end;
+            # an iteration whose end state was not saved runs its inner loop in full
+            session.memo_pending, skip = (name, i + 1), True
         elif not replay:
             ckpt.at_boundary(name, i, total, now - last)
         last = time.perf_counter()
         yield item
+        if skip:  # the code after the skipped inner loop has run: check what it did
+            _verify_memoized(session, name, i + 1)
         now = time.perf_counter()
         rec.iterations.append((name, i, now - last))
         if now - last_flush >= MIN_FLUSH_INTERVAL:
             rec.flush_soon()
             last_flush = now
-    if replay and replay.memoize and i >= start:
-        _verify_memoized(session, name, i + 1)
     if not replay and i >= 0:
         rec.ctx = ()
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)

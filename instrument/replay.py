@@ -10,9 +10,10 @@ the replay executor moves a finished one there, so ingest never sees a partial r
 At every later outer iteration that has a checkpoint, the replay restores it too: a new
 statement with side effects (random draws, consumed data) is evaluated at its point of the
 original run and its effects do not leak past the next checkpoint. With "memoize": true, the
-first inner loop of each outer iteration k is skipped by restoring the checkpoint of k + 1
-(the state at its end); at the next boundary the state must still equal that checkpoint, else
-the process exits with code 3 and the run is replayed in full.
+first inner loop of each outer iteration k whose end state was saved (a checkpoint of k + 1)
+is skipped by restoring that checkpoint; after the code that follows it the state must still
+equal that checkpoint, else the process exits with code 3 and the run is replayed in full.
+An iteration without such a checkpoint runs its inner loop in full.
 """
 
 from __future__ import annotations

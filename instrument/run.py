@@ -57,7 +57,7 @@ class Session:
         if self.replay:
             self.run_dir, out_dir, source = self.replay.run_dir, self.replay.out_dir, "replay"
             out_dir.mkdir(parents=True, exist_ok=True)
-            self._write_identity(out_dir / "replay.json", {"replay_id": self.replay.replay_id})
+            self._write_identity(out_dir / "replay.json", self._replay_identity())
         else:
             exclude_from_git(self.repo_root, "/.flor/")
             self.vid = snapshot_worktree(self.repo_root)
@@ -114,6 +114,12 @@ class Session:
                 continue
             self.tstamp = tstamp
             return path
+
+    def _replay_identity(self) -> dict:
+        """What this replay covers, so a later query knows not to redo it."""
+        spec = self.replay
+        return {"replay_id": spec.replay_id, "loop": spec.loop, "start": spec.start,
+                "stop": spec.stop, "names": None if spec.names is None else sorted(spec.names)}
 
     @staticmethod
     def _write_identity(path: Path, doc: dict) -> None:

@@ -103,3 +103,67 @@ def test_replaying_one_epoch_runs_only_that_epoch(tmp_path: Path) -> None:
         fresh_acc, fresh_g = values("val_acc", "forward"), values("g", "forward")
         assert values("val_acc", "replay") == [r for r in fresh_acc if r[0] == "epoch=1"]
         assert values("g", "replay") == [r for r in fresh_g if r[0].startswith("epoch=2/")]
+
+
+# The benchmark's shape: the new statement calls a helper on the model after the inner loop,
+# and the run's checkpoints do not cover every epoch (the adaptive schedule skips short ones).
+BENCH_LIKE = """
+import torch
+from torch import nn
+
+import flor
+
+torch.manual_seed(0)
+lr = flor.arg("lr", 0.05)
+X = torch.randn(96, 6)
+Y = (X[:, :2].sum(1, keepdim=True) > 0).float()
+VX = torch.randn(64, 6)
+VY = (VX[:, :2].sum(1, keepdim=True) > 0).float()
+model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=lr)
+crit = nn.BCEWithLogitsLoss()
+
+
+@torch.no_grad()
+def accuracy(net, x, y):
+    return ((net(x) > 0).float() == y).float().mean().item()
+
+
+with flor.checkpointing(model=model, optimizer=opt):
+    for epoch in flor.loop("epoch", range(4)):
+        order = torch.randperm(96)
+        for step in flor.loop("step", range(6)):
+            idx = order[step * 16:(step + 1) * 16]
+            opt.zero_grad()
+            loss = crit(model(X[idx]), Y[idx])
+            loss.backward()
+            opt.step()
+            flor.log("loss", loss.item())
+print("final accuracy", accuracy(model, VX, VY))
+"""
+BENCH_TODAY = BENCH_LIKE.replace(
+    "            flor.log(\"loss\", loss.item())\n",
+    "            flor.log(\"loss\", loss.item())\n"
+    "        flor.log(\"val_acc\", accuracy(model, VX, VY))\n")
+
+
+def test_the_benchmarks_epoch_statement_is_memoized_where_checkpoints_allow(
+        tmp_path: Path) -> None:
+    assert is_memoizable(BENCH_TODAY, [_line_of(BENCH_TODAY, "val_acc")])
+    repo = make_repo(tmp_path / "proj", {"train.py": BENCH_LIKE})
+    # every 2nd epoch plus the last and the end: 0, 2, 3, 4; epoch 0's end state is missing
+    run_script(repo, "train.py", "--flor", "a", "--kwargs", "lr=0.05",
+               env={"FLOR_CHECKPOINT_EVERY": "2"})
+    ckpts = sorted(p.name for p in (repo / ".flor" / "runs").glob("*/ckpt/*.json"))
+    assert ckpts == [f"epoch-00000{i}.json" for i in (0, 2, 3, 4)]
+    (repo / "train.py").write_text(BENCH_TODAY)
+    from florsql.engine.replay_plan import plan_replay
+
+    with florsql.connect(repo) as conn:
+        plan = plan_replay(conn.session, ["val_acc"])
+        assert plan.runs[0].memoize and len(plan.tasks) == 1
+    result = flor.replay("val_acc", path=repo, workers=1)
+    assert result[["status", "memoized"]].values.tolist() == [["replayed", True]]
+    run_script(repo, "train.py", "--flor", "fresh", "--kwargs", "lr=0.05")
+    replayed = _values(repo, "replay")
+    assert len(replayed) == 4 and replayed == _values(repo, "forward")

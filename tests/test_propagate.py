@@ -22,7 +22,7 @@ PATCHES = [c for c in CASES if (FIXTURES / c / "expected.py").exists()]
 REFUSALS = [c for c in CASES if (FIXTURES / c / "refusal.txt").exists()]
 # cases where the patched old script computes the same values as today's script
 SAME_VALUES = ["same_code", "renamed_variables", "comments_and_blank_lines", "nested_in_print",
-               "epoch_level", "checkpointing_added"]
+               "epoch_level", "checkpointing_added", "conditional_expression"]
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 
 
@@ -178,3 +178,12 @@ def test_a_one_line_block_in_the_old_script_is_refused():
 
 def test_no_names_give_the_old_script_back():
     assert propagate("x = 1\n", "y = 2\n", []) == Patched("x = 1\n", [])
+
+
+def test_a_call_under_a_condition_keeps_its_condition(monkeypatch, capsys):
+    old, new, names = load("conditional_expression")
+    texts = {i.name: i.text for i in propagate(old, new, names).inserted}
+    assert texts == {"even_loss": 'flor.log("even_loss", total) if epoch % 2 == 0 else None',
+                     "later_slope": 'epoch > 0 and flor.log("later_slope", weights[1])'}
+    records = run_with_stub(propagate(old, new, names).source, monkeypatch)
+    assert [r[0] for r in records if r[1] == "even_loss"] == [(("epoch", 0),), (("epoch", 2),)]

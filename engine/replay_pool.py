@@ -1,0 +1,733 @@
+"""Warm replay workers: long-lived zygote processes that fork one child per replay task.
+
+A replay task runs a training script from a checkpoint. As a new interpreter it first pays
+its imports (torch: 1-3 s, and about 1 s more for the compiler stack its first optimizer
+pulls in), often more than the replay itself. A pool slot is instead a *zygote*: a Python
+process started once, which imports the heavy modules the scripts import (their module-level
+imports, found with ast, that are not the scripts' own modules nor the standard library) and
+then, for each task, forks a child. The child sets the task's environment, working directory,
+`sys.argv` and `sys.path[0]` and runs the script with `runpy.run_path(..., "__main__")`, its
+stdout and stderr going to files; its exit code means what a subprocess's would (0 ok, 3
+memoization unsafe, anything else a failure).
+
+Why the fork is safe: the zygote runs no code of the scripts and no torch operation, so there
+is no intra-op thread pool, CUDA context or RNG draw to inherit; `flor` is never imported
+there (it takes its flags out of sys.argv at import and starts a run at its first call). Each
+child reseeds torch's and numpy's global generators from the OS, as a fresh process does
+(python's `random` reseeds itself at fork), and sets torch's thread count before the script
+runs.
+
+Lifetime: a zygote exits when its pipe closes (the pool was closed, or its owner exited or
+died), killing its running child first; on Linux a child also gets SIGKILL if its zygote
+dies. The owner reaps its zygotes on close() and at interpreter exit, so no zombie is left.
+FLOR_REPLAY_POOL=0 turns the pool off (one interpreter per task), as does a platform without
+os.fork (and macOS, where forking after importing system frameworks is unsafe).
+
+This file is also the zygote's program: it imports only the standard library and is loaded by
+path, so a zygote imports neither florsql nor flor.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POOL_ENV = "FLOR_REPLAY_POOL"
+# Modules that training scripts import lazily, after their first flor call, and that cost
+# seconds: torch's compiler stack, which the first optimizer a script creates pulls in.
+ALSO_WARM = {"torch": ("torch._dynamo",)}
+NEVER_PRELOAD = frozenset({"flor", "florsql", "__main__", "__future__"})
+START_TIMEOUT = 300.0  # seconds for a zygote to start and import its modules
+CLOSE_TIMEOUT = 5.0
+LOG_TAIL = 2000
+
+
+class PoolError(RuntimeError):
+    """A zygote could not be started or died."""
+
+
+def pool_supported() -> bool:
+    return hasattr(os, "fork") and sys.platform != "darwin" and os.name == "posix"
+
+
+def pool_enabled() -> bool:
+    """Whether replays use warm workers: a platform with fork, and FLOR_REPLAY_POOL not 0."""
+    flag = os.environ.get(POOL_ENV, "1").strip().lower()
+    return pool_supported() and flag not in ("0", "false", "no", "off")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which modules to import in a zygote.
+# ---------------------------------------------------------------------------------------------
+
+
+def script_imports(source: str) -> list[str]:
+    """Absolute module names imported at module level (also under top-level if/try/with)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    names: list[str] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.Import):
+                names.extend(alias.name for alias in stmt.names)
+            elif isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module:
+                names.append(stmt.module)
+            elif isinstance(stmt, (ast.If, ast.With, ast.Try, ast.TryStar)):
+                visit(stmt.body)
+                visit(getattr(stmt, "orelse", []))
+                visit(getattr(stmt, "finalbody", []))
+                for handler in getattr(stmt, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return list(dict.fromkeys(names))
+
+
+def preload_modules(source: str, local: Iterable[str]) -> list[str]:
+    """The modules of `source` worth importing in a zygote: third-party modules (not the
+    standard library, not flor, not the script's own modules `local`, the names of the files
+    and folders beside it), plus what they import lazily at a script's first use."""
+    local = set(local)
+    out: list[str] = []
+    for name in script_imports(source):
+        top = name.split(".")[0]
+        if top in NEVER_PRELOAD or top in local or top in sys.stdlib_module_names:
+            continue
+        out.append(name)
+        out.extend(ALSO_WARM.get(top, ()))
+    return list(dict.fromkeys(out))
+
+
+def local_names(entries: Iterable[str]) -> set[str]:
+    """Importable names of the files and folders in a script's directory."""
+    return {e[:-3] if e.endswith(".py") else e for e in entries}
+
+
+def torch_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The owner's side.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One script run in a forked child."""
+
+    cwd: str
+    argv: list[str]  # argv[0]: the script, relative to cwd or absolute
+    env: dict[str, str]
+    stdout: str  # files the child's stdout and stderr go to
+    stderr: str
+    threads: int | None = None  # torch.set_num_threads before the script, when torch is loaded
+
+
+@dataclass
+class Zygote:
+    """One warm worker slot: a zygote process and the pipe to it."""
+
+    slot: int
+    proc: subprocess.Popen
+    log_path: Path
+    attempted: set[str] = field(default_factory=set)
+    imported: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    import_seconds: dict[str, float] = field(default_factory=dict)
+    ready: bool = False
+    tasks: int = 0
+    _io: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def request(self, doc: dict, timeout: float | None = None) -> dict:
+        """Send one request and wait for its answer (a task's answer comes when it exits)."""
+        with self._io:
+            try:
+                self.proc.stdin.write((json.dumps(doc) + "\n").encode())
+                self.proc.stdin.flush()
+            except (OSError, ValueError) as e:
+                raise PoolError(f"replay worker {self.pid} is gone ({e}){self._tail()}") from None
+            return self._receive(timeout)
+
+    def hello(self) -> None:
+        """The zygote's first line: its pid and the imports it started with."""
+        with self._io:
+            reply = self._receive(START_TIMEOUT)
+        if reply.get("pid") != self.pid:
+            raise PoolError(f"replay worker {self.pid} answered {reply!r}{self._tail()}")
+        self._imports(reply)
+        self.ready = True
+
+    def _receive(self, timeout: float | None = None) -> dict:
+        if timeout is not None:  # imports that hang: give up on this worker
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                self.proc.kill()
+                self.proc.wait()
+                raise PoolError(f"replay worker {self.pid} did not import its modules within "
+                                f"{timeout:.0f} s{self._tail()}")
+        try:
+            line = self.proc.stdout.readline()
+        except (OSError, ValueError) as e:
+            raise PoolError(f"replay worker {self.pid} is gone ({e}){self._tail()}") from None
+        if not line:
+            self.proc.wait()
+            raise PoolError(f"replay worker {self.pid} exited "
+                            f"(status {self.proc.returncode}){self._tail()}")
+        return json.loads(line)
+
+    def preload(self, modules: Iterable[str]) -> None:
+        missing = [m for m in modules if m not in self.attempted]
+        if missing:
+            self._imports(self.request({"op": "preload", "modules": missing}, START_TIMEOUT))
+
+    def _imports(self, reply: dict) -> None:
+        self.attempted.update(reply["seconds"])
+        self.imported.extend(reply["imported"])
+        self.failed.update(reply["failed"])
+        self.import_seconds.update(reply["seconds"])
+        if reply.get("threads", 1) > 1:
+            raise PoolError(f"importing {', '.join(reply['seconds'])} started Python threads "
+                            "in the replay worker: forking it is not safe")
+
+    def run(self, task: Task) -> int:
+        reply = self.request({"op": "run", "cwd": task.cwd, "argv": task.argv, "env": task.env,
+                              "stdout": task.stdout, "stderr": task.stderr,
+                              "threads": task.threads})
+        self.tasks += 1
+        return int(reply["rc"])
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the pipe (the zygote kills its child and exits), then reap it."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()  # not under _io: a reader may hold it until its task ends
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdout.close()
+
+    def _tail(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": {text[-LOG_TAIL:]}" if text else ""
+
+
+class ReplayPool:
+    """Warm zygotes, checked out one task at a time. Thread-safe; close() reaps them all."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._cond = threading.Condition()
+        self._zygotes: list[Zygote] = []  # started (ready or starting), not closed
+        self._idle: list[Zygote] = []
+        self._starting = 0
+        self._closed = False
+        self._owner = os.getpid()
+        self._dir = Path(tempfile.mkdtemp(prefix="flor-replay-pool-"))
+        self.warm_error: BaseException | None = None  # what the last warm_async() raised
+        # close() runs this; so do garbage collection and interpreter exit if close() did not
+        self._finalizer = weakref.finalize(self, _shutdown, self._zygotes, self._dir,
+                                           self._owner)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        with self._cond:
+            return [z.pid for z in self._zygotes]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def warm_count(self, modules: Iterable[str] = ()) -> int:
+        """Live, ready zygotes that have already tried to import `modules`."""
+        wanted = set(modules)
+        with self._cond:
+            return sum(1 for z in self._zygotes
+                       if z.ready and z.alive() and wanted <= z.attempted)
+
+    def is_warm(self, workers: int, modules: Iterable[str] = ()) -> bool:
+        """At least `workers` live, ready zygotes that have already tried to import `modules`."""
+        return self.warm_count(modules) >= workers
+
+    # -- warming --------------------------------------------------------------------------
+
+    def warm(self, workers: int, modules: Iterable[str] = (), threads: int | None = None) -> None:
+        """Block until `workers` zygotes are ready with `modules` imported (those that import).
+
+        New zygotes start and import in parallel; idle ones import what they lack."""
+        modules = list(modules)
+        with self._cond:
+            self._check_open()
+            need = max(0, workers - len(self._zygotes) - self._starting)
+            self._starting += need
+        started: list[Zygote] = []
+        errors: list[PoolError] = []
+        try:
+            for _ in range(need):
+                started.append(self._spawn(threads, modules))
+        except PoolError as e:
+            errors.append(e)
+        finally:
+            with self._cond:
+                self._starting -= need
+        for z in started:
+            try:
+                self._boot(z)
+            except PoolError as e:
+                errors.append(e)
+            else:
+                self._checkin(z)
+        for z in self._checkout_idle_all():
+            try:
+                z.preload(modules)
+            except PoolError as e:
+                errors.append(e)
+                self._discard(z)
+            else:
+                self._checkin(z)
+        if errors:
+            raise errors[0]
+
+    def warm_async(self, workers: int, modules: Iterable[str] = (),
+                   threads: int | None = None) -> threading.Thread:
+        """warm() in a daemon thread; join() it to wait. Errors are kept in `warm_error`."""
+        self.warm_error = None
+
+        def target() -> None:
+            try:
+                self.warm(workers, modules, threads)
+            except BaseException as e:  # noqa: BLE001 - reported through warm_error
+                self.warm_error = e
+
+        thread = threading.Thread(target=target, name="flor-replay-warm", daemon=True)
+        thread.start()
+        return thread
+
+    # -- use ------------------------------------------------------------------------------
+
+    def acquire(self, limit: int, modules: Iterable[str] = (),
+                threads: int | None = None) -> Zygote:
+        """An idle zygote (a new one while fewer than `limit` exist; else wait for one) that
+        has imported `modules`. Give it back with release()."""
+        modules = list(modules)
+        z = self._checkout(limit, threads, modules)
+        try:
+            z.preload(modules)
+        except PoolError:
+            self._discard(z)
+            raise
+        return z
+
+    def release(self, z: Zygote) -> None:
+        """Give a zygote back (a dead one is reaped and forgotten)."""
+        if z.alive():
+            self._checkin(z)
+        else:
+            self._discard(z)
+
+    @contextlib.contextmanager
+    def lease(self, limit: int, modules: Iterable[str] = (),
+              threads: int | None = None) -> Iterator[Zygote]:
+        """acquire() ... release()."""
+        z = self.acquire(limit, modules, threads)
+        try:
+            yield z
+        finally:
+            self.release(z)
+
+    def close(self) -> None:
+        """Stop every zygote (each kills its running child) and reap them. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._idle.clear()
+            self._cond.notify_all()
+        self._finalizer()
+
+    def __enter__(self) -> ReplayPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolError("the replay worker pool is closed")
+
+    def _spawn(self, threads: int | None, modules: list[str]) -> Zygote:
+        """Start a zygote process; it imports `modules` at once, then says hello."""
+        with self._cond:
+            self._check_open()
+            used = {z.slot for z in self._zygotes}
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+            log_path = self._dir / f"zygote-{slot}-{time.monotonic_ns()}.log"
+            env = dict(os.environ)
+            if threads:
+                env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            env.pop("FLOR_REPLAY", None)
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [self.python, "-c", _BOOT, str(Path(__file__).resolve()),
+                     json.dumps(modules)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                    cwd=self._dir, env=env, close_fds=True)
+            z = Zygote(slot, proc, log_path)
+            self._zygotes.append(z)
+            return z
+
+    def _boot(self, z: Zygote) -> None:
+        """Wait until the zygote has imported its modules; discard it if it failed."""
+        try:
+            z.hello()
+        except PoolError:
+            self._discard(z)
+            raise
+
+    def _checkout(self, limit: int, threads: int | None, modules: list[str]) -> Zygote:
+        wanted = set(modules)
+        with self._cond:
+            while True:
+                self._check_open()
+                for z in [z for z in self._idle if not z.alive()]:
+                    self._idle.remove(z)
+                    self._zygotes.remove(z)
+                    _reap(z)
+                if self._idle:  # prefer one that already imported the modules
+                    best = max(self._idle, key=lambda z: (wanted <= z.attempted, -z.slot))
+                    self._idle.remove(best)
+                    return best
+                if len(self._zygotes) + self._starting < max(1, limit):
+                    self._starting += 1
+                    break
+                self._cond.wait()
+        try:
+            z = self._spawn(threads, modules)
+        finally:
+            with self._cond:
+                self._starting -= 1
+        self._boot(z)
+        return z
+
+    def _checkout_idle_all(self) -> list[Zygote]:
+        with self._cond:
+            taken, self._idle = self._idle, []
+            return taken
+
+    def _checkin(self, z: Zygote) -> None:
+        with self._cond:
+            if self._closed or z not in self._zygotes:
+                closing = True
+            else:
+                closing = False
+                self._idle.append(z)
+                self._cond.notify_all()
+        if closing:
+            z.close()
+
+    def _discard(self, z: Zygote) -> None:
+        with self._cond:
+            if z in self._zygotes:
+                self._zygotes.remove(z)
+            if z in self._idle:
+                self._idle.remove(z)
+            self._cond.notify_all()
+        z.close(timeout=1.0)
+
+
+def _reap(z: Zygote) -> None:
+    with contextlib.suppress(Exception):
+        z.close(timeout=1.0)
+
+
+def _shutdown(zygotes: list[Zygote], folder: Path, owner: int) -> None:
+    """Close every zygote's pipe (each kills its child and exits), then reap them all."""
+    taken = list(zygotes)
+    zygotes.clear()
+    if os.getpid() != owner:  # a forked copy of the owner: these are not its processes
+        return
+    for z in taken:
+        with contextlib.suppress(OSError, ValueError):
+            z.proc.stdin.close()
+    for z in taken:
+        _reap(z)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The zygote's side: this file run as the zygote's program (see _BOOT).
+# ---------------------------------------------------------------------------------------------
+
+_BOOT = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_flor_replay_zygote', sys.argv[1])\n"
+    "mod = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "mod.zygote_main()\n"
+)
+
+
+class _Lines:
+    """Lines from a pipe fd, read with os.read so select() sees what is left."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def fill(self) -> None:
+        data = os.read(self.fd, 1 << 16)
+        if data:
+            self.buf += data
+        else:
+            self.eof = True
+
+    def readline(self) -> bytes | None:
+        while b"\n" not in self.buf:
+            if self.eof:
+                return None
+            self.fill()
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+
+class _ZygoteState:
+    def __init__(self) -> None:
+        self.prctl = None
+
+
+def zygote_main() -> None:
+    """Serve requests on stdin (one JSON line each, one JSON answer line on stdout)."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)  # stray prints of imported modules go to the log, not into the protocol
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's Ctrl-C must not kill warm workers
+    boot_argv, sys.argv = sys.argv[1:], [""]
+    state = _ZygoteState()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            state.prctl = ctypes.CDLL(None, use_errno=True).prctl
+    lines = _Lines(proto_in)
+
+    def answer(doc: dict) -> None:
+        data = (json.dumps(doc) + "\n").encode()
+        while data:
+            data = data[os.write(proto_out, data):]
+
+    modules = json.loads(boot_argv[1]) if len(boot_argv) > 1 else []
+    answer({"pid": os.getpid(), **_preload(modules, state)})
+    while True:
+        raw = lines.readline()
+        if raw is None:
+            break
+        req = json.loads(raw)
+        op = req.get("op")
+        if op == "preload":
+            answer(_preload(req["modules"], state))
+        elif op == "run":
+            rc = _fork_task(req, state, lines, (proto_in, proto_out))
+            if rc is None:  # the owner went away while the task ran
+                break
+            answer({"rc": rc})
+        else:
+            break
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _preload(modules: list[str], state: _ZygoteState) -> dict:
+    import importlib
+
+    imported, failed, seconds = [], {}, {}
+    for name in modules:
+        t0 = time.perf_counter()
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # noqa: BLE001 - any failure: the child imports it itself
+            failed[name] = f"{type(e).__name__}: {e}"[:300]
+        else:
+            imported.append(name)
+        seconds[name] = time.perf_counter() - t0
+    for name in [m for m in sys.modules if m == "flor" or m.startswith("flor.")]:
+        del sys.modules[name]  # pulled in by a preloaded module: the child imports it afresh
+    _skip_exit_finalizers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return {"imported": imported, "failed": failed, "seconds": seconds,
+            "threads": threading.active_count()}
+
+
+def _skip_exit_finalizers() -> None:
+    """torch registers a finalizer per operator library (about 170 after its imports) that
+    unregisters it at interpreter exit, about 50 ms in all: work for the zygote's own exit,
+    not for each child, which is about to end anyway. Those of the script still run."""
+    import weakref as _weakref
+
+    registry = getattr(_weakref.finalize, "_registry", {})
+    for fin, info in list(registry.items()):
+        func = getattr(info, "func", None)
+        if (getattr(func, "__module__", None) == "torch.library"
+                and getattr(func, "__name__", None) == "_del_library"):
+            fin.atexit = False
+
+
+def _fork_task(req: dict, state: _ZygoteState, lines: _Lines,
+               proto: tuple[int, int]) -> int | None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(req, state, proto)  # never returns
+    return _wait_child(pid, lines)
+
+
+def _wait_child(pid: int, lines: _Lines) -> int | None:
+    """The child's exit code (negative: killed by that signal); None if the owner went away
+    meanwhile (the child is then killed and reaped)."""
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(pid)
+    try:
+        while True:
+            watch = [lines.fd] if pidfd is None else [lines.fd, pidfd]
+            ready, _, _ = select.select(watch, [], [], 0.01 if pidfd is None else None)
+            if lines.fd in ready:
+                lines.fill()
+                if lines.eof:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    return None
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _child(req: dict, state: _ZygoteState, proto: tuple[int, int]) -> None:
+    """In the forked child: become the task's process, run the script, exit with its code."""
+    code = 1
+    try:
+        parent = os.getppid()
+        for fd in proto:
+            os.close(fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if state.prctl is not None:
+            state.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote
+            if os.getppid() != parent:
+                os._exit(1)
+        for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        script = os.path.abspath(req["argv"][0])
+        sys.argv = list(req["argv"])
+        sys.path[0] = os.path.dirname(script)
+        _fresh_process_state(req.get("threads"), state)
+        code = _run_script(script)
+    except BaseException:  # noqa: BLE001 - the set-up failed: report it like a crash
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def _fresh_process_state(threads: int | None, state: _ZygoteState) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.default_generator.seed()  # a fresh process seeds it from the OS
+        if threads:
+            torch.set_num_threads(int(threads))
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # a fresh process seeds it from the OS
+
+
+def _run_script(path: str) -> int:
+    """runpy the script as __main__ and end like the interpreter does; the exit code."""
+    import runpy
+
+    code = 0
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except KeyboardInterrupt:
+        with contextlib.suppress(BaseException):
+            sys.excepthook(*sys.exc_info())
+        code = 130
+    except BaseException:  # noqa: BLE001 - uncaught: the hooks report it, exit 1
+        with contextlib.suppress(BaseException):
+            sys.excepthook(*sys.exc_info())
+        code = 1
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # wait for non-daemon threads, as interpreter exit does
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()  # flor finishes its run here
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    with contextlib.suppress(BaseException):
+        print(value, file=sys.stderr)
+    return 1

@@ -1,0 +1,149 @@
+"""The DB-API side of retroactive SQL: replay modes, confirmation, budgets and warnings.
+
+Before a query runs, `fill_missing` asks the engine which runs lack the values the query names
+and, by the connection's mode, replays them (`auto`), asks first (`ask`), or answers with NULLs
+and a warning (`off`). `EXPLAIN REPLAY <select>` returns the plan as rows and runs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .engine.analyze import Analysis
+from .engine.errors import ReplayBudgetError
+from .engine.retro import RetroPlan, plan_retroactive, replay_lock, run_retroactive
+from .engine.rewrite import Rewrite
+
+MODES = ("auto", "ask", "off")
+EXPLAIN_REPLAY = re.compile(r"^\s*EXPLAIN\s+REPLAY\s+(.+)$", re.IGNORECASE | re.DOTALL)
+PLAN_COLUMNS = ["runid", "tstamp", "vid", "names", "iterations", "action", "est_seconds"]
+
+
+@dataclass
+class ReplayPolicy:
+    """How a connection answers a query that names values some runs lack."""
+
+    mode: str = "auto"
+    max_seconds: float | None = None
+    workers: int | None = None
+    confirm: Callable[[RetroPlan], bool] | None = None  # `ask`: True to replay
+    progress: Callable[[Any, int, int], None] | None = None  # per finished task
+
+    def __post_init__(self) -> None:
+        self.mode = check_mode(self.mode)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"replay mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def fill_missing(session: Any, prepared: Rewrite, sql: str, params: Any,
+                 policy: ReplayPolicy) -> tuple[Rewrite, list[str]]:
+    """Replay what `prepared` lacks as `policy` says; the query to run, and warning lines."""
+    analysis: Analysis = prepared.analysis
+    if not analysis.replayable:
+        return prepared, []
+    key = ("retro-plan", sql, repr(params), policy.workers, session.scripts_state())
+    if policy.mode == "off":
+        plan = session.derived(key, lambda: plan_retroactive(session, analysis, policy.workers))
+        return prepared, _declined(plan, "replay is off")
+    with replay_lock(session):
+        session.refresh()  # another query may have replayed while this one waited
+        # kept until the catalog changes: asking again costs nothing when nothing is missing
+        plan = session.derived(key, lambda: plan_retroactive(session, analysis, policy.workers))
+        warnings = _run_by_policy(session, plan, policy)
+    # Prepared again: the names have data now, here or from the query that held the lock.
+    return session.prepare(sql, params), warnings
+
+
+def _run_by_policy(session: Any, plan: RetroPlan, policy: ReplayPolicy) -> list[str]:
+    if not plan.tasks:
+        return plan.warnings()
+    if policy.max_seconds is not None and plan.estimated_seconds > policy.max_seconds:
+        raise ReplayBudgetError(plan.estimated_seconds, policy.max_seconds, len(plan.tasks))
+    if policy.mode == "ask" and not (policy.confirm and policy.confirm(plan)):
+        reason = ("the replay was declined" if policy.confirm
+                  else "replay='ask' needs a confirm callback")
+        return _declined(plan, reason)
+    return run_retroactive(session, plan, policy.progress)
+
+
+def _declined(plan: RetroPlan, reason: str) -> list[str]:
+    if not plan.tasks:
+        return plan.warnings()
+    runs = sorted({r.runid for r, _ in plan.tasks})
+    head = (f"{reason}: {', '.join(plan.names)} answered as NULL for {len(runs)} run(s) "
+            f"({', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}); replay them with "
+            f"replay='auto', .replay auto in the shell, or florsql replay {','.join(plan.names)}")
+    return [head, *plan.warnings()]
+
+
+def plan_rows(plan: RetroPlan) -> list[tuple]:
+    """One row per run of the plan, in PLAN_COLUMNS order."""
+    rows = []
+    for run in plan.replay.runs:
+        iters = plan.iterations.get(run.tstamp)
+        action = (f"refused: {run.refusal}" if run.refusal else
+                  f"replay {len(run.segments)} segment(s)"
+                  + (", inner loops skipped" if run.memoize else ""))
+        rows.append((run.runid, run.tstamp, run.vid[:10], ",".join(run.names),
+                     "all" if iters is None else ",".join(map(str, iters)), action,
+                     round(sum(s.seconds for s in run.segments), 1)))
+    rows += [(s.runid, s.tstamp, None, ",".join(plan.names), None, s.reason, 0.0)
+             for s in plan.skipped]
+    return rows
+
+
+def plan_summary(plan: RetroPlan) -> str:
+    if not plan.replay.runs and not plan.skipped:
+        return "nothing to replay: every run the query reads already has these values"
+    return (f"{len(plan.tasks)} task(s) on {plan.replay.workers} worker(s), "
+            f"estimated {plan.estimated_seconds:.1f} s")
+
+
+def describe_plan(plan: RetroPlan) -> str:
+    """The plan as a table plus its summary line, as the shell and the CLI show it."""
+    from .formatting import format_rows
+
+    rows = plan_rows(plan)
+    table = format_rows(PLAN_COLUMNS, rows) + "\n" if rows else ""
+    return table + plan_summary(plan)
+
+
+def ask_on_terminal(plan: RetroPlan) -> bool:
+    """`ask` for the CLI: show the plan on stderr and read y/N from the terminal."""
+    import sys
+
+    print(describe_plan(plan), file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("florsql: not replaying without a terminal to ask on; pass --yes to replay",
+              file=sys.stderr)
+        return False
+    answer = input(f"Replay {len(plan.tasks)} task(s), estimated "
+                   f"{plan.estimated_seconds:.0f} s? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def progress_printer(stream: Any = None) -> Callable[[Any, int, int], None]:
+    """A one-line progress bar with elapsed time and ETA, redrawn as each task ends."""
+    import sys
+    import time
+
+    started = time.monotonic()
+
+    def show(result: Any, done: int, total: int) -> None:
+        out = stream or sys.stderr
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - done)
+        bar = "#" * int(20 * done / total)
+        state = "ok" if result.ok else "FAILED"
+        print(f"\rreplay [{bar:<20}] {done}/{total} {result.run.runid} {state} "
+              f"elapsed {elapsed:.1f}s eta {eta:.1f}s", file=out,
+              end="\n" if done == total else "", flush=True)
+
+    return show
