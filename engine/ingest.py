@@ -154,6 +154,10 @@ def _ingest_checkpoints(con, home: Path, src: Path, tstamp: str, done: set[str])
     ckpt_dir = src / "ckpt"
     if not ckpt_dir.is_dir():
         return
+    for (path,) in con.execute("SELECT path FROM checkpoints WHERE tstamp = ?",
+                               [tstamp]).fetchall():
+        if not (ckpt_dir / (Path(path).stem + ".json")).exists():  # FLOR_CHECKPOINT_KEEP
+            con.execute("DELETE FROM checkpoints WHERE tstamp = ? AND path = ?", [tstamp, path])
     for entry in sorted(ckpt_dir.glob("*.json")):
         rel = entry.relative_to(home).as_posix()
         if rel in done:

@@ -20,7 +20,7 @@ from sqlglot import exp
 
 from .analyze import Analysis
 from .catalog_session import CatalogSession
-from .replay_plan import ReplayPlan, plan_replay
+from .replay_plan import ReplayPlan, RunRequest, plan_runs
 from .replay_run import TaskResult, run_replay
 from .script_names import ScriptName, script_names
 
@@ -89,7 +89,7 @@ def _group_runs(session: CatalogSession, wanted: dict, names: list[str],
     for tstamp, window in wanted.items():
         if tstamp not in runs:
             continue
-        runid, status, filename, _ = runs[tstamp]
+        runid, status, filename = runs[tstamp][:3]
         need = _run_needs(tstamp, window, names, scripts.get(filename, {}), facts)
         if need and status != "finished":
             skipped.append(Skipped(runid, str(tstamp), f"not replayed: the run is {status}; "
@@ -158,13 +158,15 @@ def _outer_dim(session: CatalogSession, condition: exp.Expression) -> str | None
 
 def _catalog_facts(session: CatalogSession, names: list[str]) -> tuple:
     """What planning reads of every run; kept by the session until the catalog changes."""
-    return (_run_facts(session), _present(session, names), _covered(session),
+    runs = session.derived(("retro-runs",), lambda: _run_facts(session))
+    return (runs, _present(session, names), _covered(session),
             _recorded_iterations(session))
 
 
 def _run_facts(session: CatalogSession) -> dict[datetime, tuple]:
-    rows = session.con.execute("SELECT tstamp, runid, status, filename, vid FROM runs").fetchall()
-    return {t: (runid, status, filename, vid) for t, runid, status, filename, vid in rows}
+    rows = session.con.execute(
+        "SELECT tstamp, runid, status, filename, vid, argv, run_dir FROM runs").fetchall()
+    return {row[0]: row[1:] for row in rows}
 
 
 def _present(session: CatalogSession,
@@ -227,17 +229,17 @@ def _merge_windows(todos) -> frozenset[int] | None:
 
 def _plan_groups(session: CatalogSession, groups: dict[tuple, list[datetime]],
                  skipped: list[Skipped], workers: int) -> RetroPlan:
-    runs, names, iterations = [], set(), {}
-    for (group_names, iters), tstamps in groups.items():
-        where = exp.column("tstamp").isin(
-            *[exp.cast(exp.Literal.string(str(t)), "TIMESTAMP") for t in tstamps])
-        plan = plan_replay(session, list(group_names), where.sql(dialect="duckdb"), workers,
-                           None if iters is None else set(iters))
-        runs += plan.runs
-        names |= set(group_names)
-        iterations.update({str(t): None if iters is None else sorted(iters) for t in tstamps})
-    replay = ReplayPlan(names=sorted(names), runs=runs, workers=workers)
-    return RetroPlan(sorted(names), replay, skipped, iterations)
+    runs = session.derived(("retro-runs",), lambda: _run_facts(session))
+    requests = []
+    for (names, iters), tstamps in groups.items():
+        for t in tstamps:
+            runid, _, filename, vid, argv, run_dir = runs[t]
+            requests.append(RunRequest((t, runid, vid, filename, argv, run_dir), names, iters))
+    requests.sort(key=lambda q: q.row[0])
+    replay = plan_runs(session, requests, workers)
+    iterations = {str(q.row[0]): None if q.iterations is None else sorted(q.iterations)
+                  for q in requests}
+    return RetroPlan(replay.names, replay, skipped, iterations)
 
 
 def _one_line(text: str | None) -> str:

@@ -196,7 +196,7 @@ class Cursor:
         except EngineError as e:
             raise exc.OperationalError(str(e)) from None
         rows = _plan_rows(plan) if plan else []
-        types = [pa.string()] * (len(PLAN_COLUMNS) - 1) + [pa.float64()]
+        types = [pa.string()] * 6 + [pa.float64(), pa.string()]
         table = pa.table([pa.array([r[i] for r in rows], type=t) for i, t in enumerate(types)],
                          names=PLAN_COLUMNS)
         self.replay_plan = plan

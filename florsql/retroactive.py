@@ -19,7 +19,8 @@ from .engine.rewrite import Rewrite
 
 MODES = ("auto", "ask", "off")
 EXPLAIN_REPLAY = re.compile(r"^\s*EXPLAIN\s+REPLAY\s+(.+)$", re.IGNORECASE | re.DOTALL)
-PLAN_COLUMNS = ["runid", "tstamp", "vid", "names", "iterations", "action", "est_seconds"]
+PLAN_COLUMNS = ["runid", "tstamp", "vid", "names", "iterations", "action", "est_seconds",
+                "statements"]
 
 
 @dataclass
@@ -93,8 +94,9 @@ def plan_rows(plan: RetroPlan) -> list[tuple]:
                   + (", inner loops skipped" if run.memoize else ""))
         rows.append((run.runid, run.tstamp, run.vid[:10], ",".join(run.names),
                      "all" if iters is None else ",".join(map(str, iters)), action,
-                     round(sum(s.seconds for s in run.segments), 1)))
-    rows += [(s.runid, s.tstamp, None, ",".join(plan.names), None, s.reason, 0.0)
+                     round(sum(s.seconds for s in run.segments), 1),
+                     "; ".join(run.statements) or None))
+    rows += [(s.runid, s.tstamp, None, ",".join(plan.names), None, s.reason, 0.0, None)
              for s in plan.skipped]
     return rows
 

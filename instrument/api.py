@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import args as flor_args
+from .errors import FlorWarning
 from .loops import iterate
 from .run import Session, install_exit_hooks
-from .values import is_unsupported, to_recordable
+from .values import is_unsupported, refusal_reason, to_recordable
 
 T = TypeVar("T")
 _SCALARS = frozenset({float, int, str, bool, type(None)})
@@ -42,10 +44,14 @@ def log(name: str, value: T) -> T:
         rec.append((rec.ctx, name, value))
         return value
     stored = to_recordable(value)
-    if is_unsupported(stored):
-        rec.warn_unsupported(name, value)
-    else:
+    if not is_unsupported(stored):
         rec.append((rec.ctx, name, stored))
+    elif refusal_reason(stored) is None:
+        rec.warn_unsupported(name, value)
+    elif (name, "refused") not in rec._warned:  # once per name, as for unsupported types
+        rec._warned.add((name, "refused"))
+        warnings.warn(f"flor.log({name!r}): a {refusal_reason(stored)}", FlorWarning,
+                      stacklevel=2)
     return value
 
 

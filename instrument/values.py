@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from typing import Any
 
+from .errors import FlorError
+
 MAX_JSON_CHARS = 64 * 1024
-_UNSUPPORTED = object()
+MAX_ELEMENTS_ENV = "FLOR_MAX_LOG_ELEMENTS"
+DEFAULT_MAX_ELEMENTS = 10_000
+_NUMPY_KINDS = frozenset("biufU")  # bool, int, uint, float, str: tolist() gives JSON values
+
+
+class _Refused:
+    """What `to_recordable` returns for a value flor does not record; `reason` (if any) is
+    the one-line message to show instead of the generic unsupported-type warning."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+
+
+_UNSUPPORTED = _Refused()
 
 
 def to_recordable(value: Any) -> Any:
-    """Return a JSON-able copy of `value`, or `UNSUPPORTED` when flor cannot record it.
+    """Return a JSON-able copy of `value`, or a refusal (`is_unsupported`) when flor cannot
+    record it.
 
     Scalars come back as Python numbers; 0-d tensors and numpy scalars through `.item()`;
-    lists, tuples and dicts through a JSON round trip (a snapshot, so later mutation is not seen).
+    numpy arrays and torch tensors with dimensions as nested lists, when they hold at most
+    FLOR_MAX_LOG_ELEMENTS (10,000) elements; lists, tuples and dicts through a JSON round trip.
+    Each is a snapshot taken now, so later in-place changes are not seen.
     """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -23,6 +45,9 @@ def to_recordable(value: Any) -> Any:
         scalar = item()
         if isinstance(scalar, (bool, int, float, str)):
             return scalar
+    array = _array_to_list(value)
+    if array is not None:
+        return array
     if isinstance(value, (list, tuple, dict)):
         try:
             text = json.dumps(value, default=_json_default)
@@ -33,8 +58,62 @@ def to_recordable(value: Any) -> Any:
     return _UNSUPPORTED
 
 
+def max_log_elements() -> int:
+    """FLOR_MAX_LOG_ELEMENTS: the most elements an array or tensor may have to be logged."""
+    raw = os.environ.get(MAX_ELEMENTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ELEMENTS
+    try:
+        limit = int(raw.replace("_", ""))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise FlorError(f"flor: {MAX_ELEMENTS_ENV}={raw!r}: expected a whole number of elements "
+                        f"(default {DEFAULT_MAX_ELEMENTS})")
+    return limit
+
+
+def _array_to_list(value: Any) -> Any:
+    """Nested lists for a numpy array or torch tensor with dimensions; a refusal when it is
+    too large or of a kind JSON cannot hold; None when `value` is neither."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        if value.dtype.kind not in _NUMPY_KINDS:
+            return _UNSUPPORTED
+        return _too_large(value, value.size) or value.tolist()
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.is_complex() or value.layout != torch.strided:
+            return _UNSUPPORTED
+        refused = _too_large(value, value.numel())
+        if refused:
+            return refused
+        try:
+            return value.detach().tolist()
+        except (RuntimeError, TypeError, ValueError):  # meta tensors and the like
+            return _UNSUPPORTED
+    return None
+
+
+def _too_large(value: Any, size: int) -> _Refused | None:
+    limit = max_log_elements()
+    if size <= limit:
+        return None
+    shape = "x".join(str(d) for d in value.shape)
+    return _Refused(
+        f"{shape} {type(value).__name__} has {size:,} elements, over the limit of {limit:,}; "
+        f"log a summary such as x.mean() or x.norm(), or set {MAX_ELEMENTS_ENV} higher; "
+        "value not recorded"
+    )
+
+
 def is_unsupported(value: Any) -> bool:
-    return value is _UNSUPPORTED
+    return type(value) is _Refused
+
+
+def refusal_reason(value: Any) -> str | None:
+    """Why `to_recordable` refused a value, when it says more than "unsupported type"."""
+    return value.reason if type(value) is _Refused else None
 
 
 def type_name(value: Any) -> str:

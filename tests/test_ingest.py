@@ -109,3 +109,39 @@ def test_a_run_directory_without_identity_is_ignored_until_complete(script_repo)
     (repo / ".flor" / "runs" / "20990101T000000.000000").mkdir()  # a run being created
     with florsql.connect(repo) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+CKPT_SCRIPT = """
+import flor, torch
+model = torch.nn.Linear(2, 1)
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(4)):
+        flor.log("w", float(model.weight.sum()))
+"""
+
+
+def test_checkpoints_pruned_after_an_ingest_leave_the_catalog_too(script_repo) -> None:
+    """A run ingested while training, whose checkpoints FLOR_CHECKPOINT_KEEP thins later."""
+    repo = script_repo(CKPT_SCRIPT)
+    run_script(repo, "train.py", env={"FLOR_CHECKPOINT_EVERY": "1"})
+    (run_dir,) = (repo / ".flor" / "runs").iterdir()
+    end = run_dir / "end.json"
+    saved = end.read_text()
+    end.unlink()  # as seen by a query while the run was still training
+    with florsql.connect(repo, replay="off") as conn:
+        before = conn.execute("SELECT iteration FROM checkpoints ORDER BY 1").fetchall()
+    entry = run_dir / "ckpt" / "epoch-000002.json"
+    data = run_dir / "ckpt" / json_file(entry)
+    entry.unlink()  # pruning: the entry first, then the file
+    data.unlink()
+    end.write_text(saved)
+    with florsql.connect(repo, replay="off") as conn:
+        after = conn.execute("SELECT iteration FROM checkpoints ORDER BY 1").fetchall()
+    assert [i for (i,) in before] == [0, 1, 2, 3, 4]
+    assert [i for (i,) in after] == [0, 1, 3, 4]
+
+
+def json_file(entry: Path) -> str:
+    import json
+
+    return json.loads(entry.read_text())["file"]

@@ -59,3 +59,63 @@ def test_replay_without_a_checkpoint_at_that_epoch_fails_clearly(train_repo: Pat
                       env={"FLOR_REPLAY": json.dumps(spec)}, check=False)
     assert proc.returncode != 0
     assert f"no durable checkpoint for epoch={missing}" in proc.stderr
+
+
+# Every generator checkpoints cover, drawn so that their cached values matter: numpy's
+# standard_normal and python's gauss cache a second value, so one draw per epoch alternates
+# between advancing the Mersenne Twister and only consuming the cache (its state is then
+# unchanged but for the has_gauss flag).
+RNG_SCRIPT = """
+import random
+import numpy as np
+import torch
+import flor
+
+random.seed(1); np.random.seed(2); torch.manual_seed(3)
+net = torch.nn.Linear(2, 1)
+with flor.checkpointing(model=net):
+    for epoch in flor.loop("epoch", range(flor.arg("epochs", 6))):
+        for step in flor.loop("step", range(2)):
+            flor.log("np_normal", float(np.random.standard_normal()))
+            flor.log("py_gauss", random.gauss(0.0, 1.0))
+        flor.log("np_uniform", float(np.random.random_sample()))
+        flor.log("py_random", random.random())
+        flor.log("torch_normal", torch.randn(1).item())
+"""
+
+VALUES = (
+    "SELECT lp.iteration, l.value_name, l.ord, l.value_num FROM logs l "
+    "JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0 "
+    "WHERE l.source = ? ORDER BY 1, 3"
+)
+
+
+def _values_by_epoch(repo: Path, source: str) -> dict[int, list[tuple]]:
+    with florsql.connect(repo) as conn:
+        rows = conn.execute(VALUES, [source]).fetchall()
+    out: dict[int, list[tuple]] = {}
+    for epoch, name, _, value in rows:
+        out.setdefault(epoch, []).append((name, value))
+    return out
+
+
+@pytest.mark.parametrize("keep", [None, "3"])
+def test_every_rng_is_restored_exactly_and_pruned_runs_replay_from_kept_checkpoints(
+        script_repo, keep: str | None) -> None:
+    repo = script_repo(RNG_SCRIPT)
+    env = {"FLOR_CHECKPOINT_EVERY": "1", **({"FLOR_CHECKPOINT_KEEP": keep} if keep else {})}
+    run_script(repo, "train.py", env=env)
+    with florsql.connect(repo) as conn:
+        run_dir, = conn.execute("SELECT run_dir FROM runs").fetchone()
+        saved = [i for (i,) in conn.execute(
+            "SELECT iteration FROM checkpoints ORDER BY 1").fetchall()]
+    # keep=3 of checkpoints 0..6: the first, the newest, and every 4th
+    assert saved == ([0, 4, 6] if keep else list(range(7)))
+    forward = _values_by_epoch(repo, "forward")
+    for start in ([1, 2, 3, 4, 5] if keep is None else [4]):
+        spec = {"run_dir": run_dir, "replay_id": f"r{start}", "loop": "epoch",
+                "start": start, "stop": start + 1}
+        run_script(repo, "train.py", env={"FLOR_REPLAY": json.dumps(spec)})
+    replayed = _values_by_epoch(repo, "replay")
+    assert replayed and all(replayed[k] == forward[k] for k in replayed)
+    assert sorted(replayed) == ([1, 2, 3, 4, 5] if keep is None else [4])

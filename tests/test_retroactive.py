@@ -145,6 +145,7 @@ def test_explain_replay_lists_the_plan_and_runs_nothing(project: Path) -> None:
         assert conn.execute("SELECT count(*) FROM replays").fetchone() == (0,)
     assert columns[:5] == ["runid", "tstamp", "vid", "names", "iterations"]
     assert [(r[0], r[3], r[4]) for r in rows] == [("b", "val_acc", "all"), ("c", "val_acc", "all")]
+    assert all('flor.log("val_acc", acc)' in r[7] for r in rows)  # the inserted statement
     assert [(r[0], r[4]) for r in by_epoch] == [("c", "2")]  # parameters bound for the plan
 
 

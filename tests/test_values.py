@@ -13,9 +13,16 @@ import torch
 
 import florsql
 from conftest import run_script
-from flor import FlorNameError
+from flor import FlorError, FlorNameError
 from flor.recorder import RESERVED_NAMES, Recorder
-from flor.values import MAX_JSON_CHARS, is_unsupported, number_of, to_recordable, type_name
+from flor.values import (
+    MAX_JSON_CHARS,
+    is_unsupported,
+    number_of,
+    refusal_reason,
+    to_recordable,
+    type_name,
+)
 
 
 @pytest.mark.parametrize("value", [0, -7, 2.5, True, False, "loss", "", None])
@@ -56,13 +63,76 @@ def test_a_0d_tensor_that_requires_grad_is_recorded_as_its_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "value",
-    [torch.tensor([1.5]), torch.tensor([[1.5]]), np.array([1.5]), torch.ones(3), np.zeros((2, 2))],
+    ("value", "expected"),
+    [(torch.tensor([1.5]), [1.5]), (torch.tensor([[1.5]]), [[1.5]]), (np.array([1.5]), [1.5]),
+     (torch.ones(3), [1.0, 1.0, 1.0]), (np.zeros((2, 2)), [[0.0, 0.0], [0.0, 0.0]])],
     ids=["torch-1d-1elem", "torch-2d-1elem", "numpy-1d-1elem", "torch-3elem", "numpy-2x2"],
 )
-def test_tensors_and_arrays_with_dimensions_are_not_silently_made_scalars(value: object) -> None:
+def test_tensors_and_arrays_with_dimensions_become_nested_lists_not_scalars(
+        value: object, expected: list) -> None:
     # values.py documents only 0-d tensors and numpy scalars as becoming scalars via .item().
-    assert is_unsupported(to_recordable(value))
+    assert to_recordable(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.array([1, -2], dtype=np.int8), [1, -2]),
+        (np.array([3], dtype=np.uint64), [3]),
+        (np.array([True, False]), [True, False]),
+        (np.array([0.1], dtype=np.float32), [float(np.float32(0.1))]),
+        (np.array([0.1], dtype=np.float16), [float(np.float16(0.1))]),
+        (np.array(["a", "bc"]), ["a", "bc"]),
+        (np.arange(6).reshape(2, 3).T, [[0, 3], [1, 4], [2, 5]]),  # not contiguous
+        (np.zeros((0, 3)), []),
+        (np.array([np.nan, np.inf]), [math.nan, math.inf]),
+        (torch.tensor([1.5, 2.5], dtype=torch.bfloat16), [1.5, 2.5]),
+        (torch.tensor([[1, 2], [3, 4]], dtype=torch.int64), [[1, 2], [3, 4]]),
+        (torch.tensor([True]), [True]),
+        (torch.ones(2, requires_grad=True) * 2, [2.0, 2.0]),
+        (torch.arange(4.0)[::2], [0.0, 2.0]),
+    ],
+    ids=["int8", "uint64", "bool", "float32", "float16", "str", "transposed", "empty", "nan-inf",
+         "torch-bfloat16", "torch-int64", "torch-bool", "torch-requires-grad", "torch-strided"],
+)
+def test_arrays_and_tensors_of_every_json_kind_become_exact_lists(
+        value: object, expected: list) -> None:
+    # as JSON text: NaN equals NaN there, and 1 differs from 1.0 and from true
+    assert json.dumps(to_recordable(value)) == json.dumps(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.array([1 + 2j]), np.array([1], dtype="datetime64[s]"), np.array([object()]),
+     np.array([b"x"]), torch.tensor([1 + 2j]), torch.eye(3).to_sparse()],
+    ids=["complex", "datetime", "object", "bytes", "torch-complex", "torch-sparse"],
+)
+def test_arrays_of_kinds_json_cannot_hold_are_unsupported(value: object) -> None:
+    assert is_unsupported(to_recordable(value)) and refusal_reason(to_recordable(value)) is None
+
+
+@pytest.mark.parametrize("make", [np.zeros, torch.zeros], ids=["numpy", "torch"])
+def test_arrays_over_the_element_limit_are_refused_with_the_limit_and_the_fix(
+        make: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert to_recordable(make((100, 100))) == [[0.0] * 100] * 100  # 10,000: at the limit
+    refused = to_recordable(make((101, 100)))
+    reason = refusal_reason(refused)
+    assert is_unsupported(refused) and reason is not None and "\n" not in reason
+    assert "101x100" in reason and "10,100 elements" in reason and "limit of 10,000" in reason
+    assert "x.mean()" in reason and "FLOR_MAX_LOG_ELEMENTS" in reason
+    monkeypatch.setenv("FLOR_MAX_LOG_ELEMENTS", "20000")
+    assert len(to_recordable(make((101, 100)))) == 101
+    monkeypatch.setenv("FLOR_MAX_LOG_ELEMENTS", "lots")
+    with pytest.raises(FlorError, match="FLOR_MAX_LOG_ELEMENTS='lots'"):
+        to_recordable(make(3))
+
+
+def test_a_logged_array_is_a_snapshot_that_in_place_changes_do_not_reach() -> None:
+    arr, ten = np.array([1.0, 2.0]), torch.tensor([[1, 2]])
+    stored_arr, stored_ten = to_recordable(arr), to_recordable(ten)
+    arr += 10
+    ten.mul_(-1)
+    assert stored_arr == [1.0, 2.0] and stored_ten == [[1, 2]]
 
 
 def test_lists_tuples_and_dicts_are_recorded_as_json_values() -> None:
@@ -221,3 +291,55 @@ def test_a_huge_int_is_recorded_and_the_project_stays_queryable(
     rows = {name: (vtype, num, text) for name, vtype, num, text in _logs(repo)}
     assert rows["ok"] == ("int", 1.0, "1")
     assert rows["big"][:2] == ("int", math.inf) and rows["big"][2] == str(10**400)
+
+
+ARRAY_SCRIPT = """\
+import numpy as np
+import torch
+import flor
+
+probs = np.zeros(3)
+for epoch in flor.loop("epoch", range(3)):
+    probs[:] = [epoch, epoch + 0.5, -1.0]
+    flor.log("probs", probs)
+    probs *= 100  # changed in place right after the call: the record keeps the logged value
+    flor.log("grid", torch.arange(4, dtype=torch.int64).reshape(2, 2) + epoch)
+    flor.log("weights", np.ones((200, 100)))  # 20,000 elements: refused with one warning
+    flor.log("loss", 1.0 / (epoch + 1))
+print("done")
+"""
+
+
+def test_logged_arrays_land_as_json_values_queryable_from_sql(
+    script_repo: Callable[[str], Path],
+) -> None:
+    repo = script_repo(ARRAY_SCRIPT)
+    proc = run_script(repo, "train.py")
+    assert "done" in proc.stdout
+    warned = [line for line in proc.stderr.splitlines() if "FlorWarning" in line]
+    assert len(warned) == 1
+    assert "flor.log('weights'): a 200x100 ndarray has 20,000 elements, over the limit of " \
+           "10,000; log a summary such as x.mean()" in warned[0]
+    assert "FLOR_MAX_LOG_ELEMENTS" in warned[0]
+    with florsql.connect(repo) as conn:
+        rows = conn.execute(
+            "SELECT epoch, probs, CAST(probs AS DOUBLE[]), json_extract(grid, '$[1][0]')::INT, "
+            "loss FROM history ORDER BY epoch").fetchall()
+        types = dict(conn.execute("SELECT value_name, value_type FROM logs").fetchall())
+        names = {n for (n,) in conn.execute("SELECT name FROM names").fetchall()}
+    assert [r[0] for r in rows] == [0, 1, 2]
+    assert [json.loads(r[1]) for r in rows] == [[e, e + 0.5, -1.0] for e in range(3)]
+    assert [r[2] for r in rows] == [[e, e + 0.5, -1.0] for e in range(3)]
+    assert [r[3] for r in rows] == [2 + e for e in range(3)]
+    assert [r[4] for r in rows] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert types == {"probs": "json", "grid": "json", "loss": "float"}
+    assert "weights" not in names
+
+
+def test_the_element_limit_can_be_raised_for_a_run(script_repo: Callable[[str], Path]) -> None:
+    repo = script_repo("import numpy as np, flor\nflor.log('w', np.arange(20_000))\n")
+    proc = run_script(repo, "train.py", env={"FLOR_MAX_LOG_ELEMENTS": "20000"})
+    assert "FlorWarning" not in proc.stderr
+    with florsql.connect(repo) as conn:
+        text, = conn.execute("SELECT w FROM history").fetchone()
+    assert json.loads(text) == list(range(20_000))
