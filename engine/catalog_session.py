@@ -52,6 +52,7 @@ class CatalogSession:
         self._filenames: tuple[tuple | None, list[str]] | None = None
         self._quiet_stamp: tuple | None = None  # see refresh()
         self._derived: dict = {}
+        self._data_version: tuple | None = None
         self._derived_state: tuple | None = None
         self._prepared: OrderedDict[tuple, Rewrite] = OrderedDict()
 
@@ -71,6 +72,8 @@ class CatalogSession:
                 refresh_names(self.con)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
+            self._data_version = self.con.execute(
+                "SELECT value FROM _meta WHERE key = 'data_version'").fetchone()
             unsealed = self.con.execute(
                 "SELECT count(*) FROM _sources WHERE NOT sealed").fetchone()[0]
         if generation != self._generation:  # this or another connection saw new names
@@ -80,8 +83,10 @@ class CatalogSession:
 
     def derived(self, key: object, compute: Callable[[], T]) -> T:
         """`compute()`, kept until the catalog changes (new records, runs ending, replays)."""
-        state = self.con.execute(
-            "SELECT value FROM _meta WHERE key = 'data_version'").fetchone()
+        state = self._data_version  # read by the last full refresh(); see there
+        if state is None:
+            state = self.con.execute(
+                "SELECT value FROM _meta WHERE key = 'data_version'").fetchone()
         if self._derived_state != state:
             self._derived, self._derived_state = {}, state
         if key not in self._derived:

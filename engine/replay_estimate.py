@@ -10,7 +10,7 @@ segment is a new interpreter and pays them all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .catalog_session import CatalogSession
@@ -59,6 +59,7 @@ class Timing:
     saved: set[int]
     seconds: dict[int, float]
     read: float  # seconds to read one of its checkpoints
+    cache: dict = field(default_factory=dict, repr=False)  # segments() results, see there
 
     @property
     def n_iters(self) -> int:
@@ -116,8 +117,9 @@ def balance(runs: list[RunPlan], timings: dict[str, Timing], workers: int,
         segs = {r.tstamp: segments(r, timings[r.tstamp], split, startup) for r in runs}
         seconds = [seg.seconds for ss in segs.values() for seg in ss]
         span = makespan(seconds, workers, startup) if seconds else 0.0
-        if best is None or span < best[0] * 0.99:  # a split must gain something
-            best = (span, segs)
+        if best is not None and span >= best[0] * 0.99:  # a split must gain something
+            break
+        best = (span, segs)
         if workers == 1 or split >= max((timings[r.tstamp].n_iters for r in runs), default=1):
             break
     for run in runs:
@@ -125,7 +127,19 @@ def balance(runs: list[RunPlan], timings: dict[str, Timing], workers: int,
 
 
 def segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Segment]:
-    """Contiguous ranges of outer iterations, each starting at a durable checkpoint."""
+    """Contiguous ranges of outer iterations, each starting at a durable checkpoint.
+
+    Kept on the Timing (which lives until the catalog changes): planning many runs again
+    costs a lookup per run."""
+    key = (split, run.memoize, startup.per_segment)
+    if key not in t.cache:
+        segs = _segments(run, t, split, startup)
+        t.cache[key] = (run.loop, run.memoize, [(s.start, s.stop, s.seconds) for s in segs])
+    run.loop, run.memoize, spans = t.cache[key]
+    return [Segment(*span) for span in spans]
+
+
+def _segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Segment]:
     if not t.saved or not t.seconds:  # no loop or no checkpoints: the whole script, once
         run.loop, run.memoize = t.loop, False
         return [Segment(0, None, startup.per_segment + sum(t.seconds.values()))]

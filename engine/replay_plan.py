@@ -110,7 +110,9 @@ def plan_replay(session: CatalogSession, names: list[str], where: str | None = N
 def plan_runs(session: CatalogSession, requests: list[RunRequest], workers: int = 1,
               names: list[str] | None = None) -> ReplayPlan:
     """The replay of exactly `requests`: patches, segments and the estimate."""
-    runs = [_run_plan(session, request) for request in requests]
+    # filename -> today's source, or why it cannot be read; "" -> where the runs are now
+    today: dict[str, str | OSError] = {"": str(session.project.runs_dir)}
+    runs = [_run_plan(session, request, today) for request in requests]
     workers = max(1, workers)
     modules = _modules(session, runs)
     startup = startup_costs(session, modules)
@@ -164,12 +166,18 @@ def _names_present(session: CatalogSession, tstamps: list,
     return out
 
 
-def _run_plan(session: CatalogSession, request: RunRequest) -> RunPlan:
+def _run_plan(session: CatalogSession, request: RunRequest,
+              today: dict[str, str | OSError]) -> RunPlan:
     tstamp, runid, vid, filename, argv, run_dir = request.row
-    run_dir = str(session.project.runs_dir / Path(run_dir).name)  # the project may have moved
+    run_dir = f"{today['']}/{run_dir.rsplit('/', 1)[-1]}"  # the project may have moved
     plan = RunPlan(str(tstamp), runid, vid, filename, list(argv), run_dir, list(request.names),
                    session.project.root)
-    result = _patch(session.project.root, vid, filename, request.names)
+    if filename not in today:
+        try:
+            today[filename] = (session.project.root / filename).read_text()
+        except OSError as e:
+            today[filename] = e
+    result = _patch(session.project.root, vid, filename, request.names, today[filename])
     if isinstance(result, str):
         plan.refusal = result
     elif isinstance(result, Refusal):
@@ -179,13 +187,15 @@ def _run_plan(session: CatalogSession, request: RunRequest) -> RunPlan:
     return plan
 
 
-def _patch(root: Path, vid: str, filename: str, names: tuple[str, ...]) -> object:
+def _patch(root: Path, vid: str, filename: str, names: tuple[str, ...],
+           new: str | OSError) -> object:
     """Today's statements for `names` in the version `vid` of `filename`: (source, memoizable,
     statements), a Refusal, or an error line. Runs of one version share one patch."""
+    if isinstance(new, OSError):
+        return f"cannot read today's {filename}: {new.strerror}; restore it to replay"
     try:
         old = _source_at(root, vid, filename)
-        new = (root / filename).read_text()
-    except (OSError, EngineError) as e:
+    except EngineError as e:
         return str(e)
     key = (old, new, names)
     if key in _PATCHES:

@@ -131,12 +131,20 @@ def warm_modules(session: CatalogSession) -> list[str]:
     return list(dict.fromkeys(modules))
 
 
+_ENTRIES: dict[tuple[Path, str, str], list[str]] = {}  # a commit's tree never changes
+
+
 def _entries_at(root: Path, vid: str, folder: str) -> list[str]:
     """The names of the files and folders in `folder` of commit `vid`."""
-    spec = vid if folder in ("", ".") else f"{vid}:{folder}"
-    proc = subprocess.run(["git", "ls-tree", "--name-only", spec], cwd=root,
-                          capture_output=True, text=True)
-    return proc.stdout.split() if proc.returncode == 0 else []
+    key = (root, vid, folder)
+    if key not in _ENTRIES:
+        spec = vid if folder in ("", ".") else f"{vid}:{folder}"
+        proc = subprocess.run(["git", "ls-tree", "--name-only", spec], cwd=root,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return []
+        _ENTRIES[key] = proc.stdout.split()
+    return _ENTRIES[key]
 
 
 def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int, threads: int,

@@ -128,14 +128,20 @@ def _wanted_runs(session: CatalogSession,
     """tstamp -> the outer-loop iterations the query can read (None: all of them)."""
     condition = analysis.pushed
     if condition is None:
-        rows = session.con.execute("SELECT tstamp FROM runs").fetchall()
-        return {t: None for (t,) in rows}
+        rows = session.derived(("retro-runs",), lambda: _run_facts(session))
+        return {t: None for t in rows}
+    key = ("wanted", condition.sql(dialect="duckdb"), repr(analysis.params))
+    return session.derived(key, lambda: _query_wanted(session, condition, analysis.params))
+
+
+def _query_wanted(session: CatalogSession, condition: exp.Expression,
+                  bound: dict) -> dict[datetime, set[int] | None]:
     outer = _outer_dim(session, condition)
     select = ["tstamp", outer] if outer else ["tstamp"]
     query = exp.select(*select).distinct().from_("history").where(condition.copy())
     prepared = session.prepare(query.sql(dialect="duckdb"))
     used = {p.name for p in query.find_all(exp.Placeholder)}
-    params = {k: v for k, v in analysis.params.items() if k in used} or None
+    params = {k: v for k, v in bound.items() if k in used} or None
     rows = session.con.execute(prepared.sql, params).fetchall()
     out: dict[datetime, set[int] | None] = {}
     for row in rows:

@@ -15,8 +15,10 @@ Today's script (uncommitted) adds an epoch-level `flor.log("val_acc", ...)`.
 
 Measured, each the median of REPS after one warm-up (the first, cold call is printed apart):
   1. `prepare + plan`: `session.prepare(Q)` (parse, qualify, analysis, rewrite) plus
-     `plan_retroactive` for Q = `SELECT runid, epoch, val_acc FROM history WHERE lr > 0.5`
-     (half the runs lack val_acc): target <= 20 ms;
+     `plan_retroactive` for Q = `SELECT runid, epoch, val_acc FROM history WHERE lr > 0.5xx`
+     (about half the runs lack val_acc), with a new threshold each call so that nothing is
+     cached for that SQL text; after one plan of the plain Q, which read the old versions
+     and the catalog facts the process then keeps: target <= 20 ms;
   2. `no missing column`: `conn.execute(Q2).fetchall()` through the DB-API with replay="auto"
      for Q2 = `SELECT runid, epoch, step, loss, lr FROM history WHERE lr > 0.5` (`loss` is a
      name today's script logs, so the missing-value check runs and finds nothing), vs the
@@ -129,12 +131,18 @@ def measure(repo: Path, reps: int) -> dict:
         conn.refresh()
         ingest_s = time.perf_counter() - start
         session = conn.session
+        start = time.perf_counter()
         plan = plan_retroactive(session, session.prepare(PLAN_QUERY).analysis)
+        cold_ms = (time.perf_counter() - start) * 1e3
         planned = {"runs": len(plan.replay.runs), "tasks": len(plan.tasks),
                    "refused": sum(1 for r in plan.replay.runs if r.refusal),
                    "estimated_s": round(plan.estimated_seconds, 1)}
-        plan_first, plan_ms = timed(
-            lambda: plan_retroactive(session, session.prepare(PLAN_QUERY).analysis), reps)
+        queries = iter(PLAN_QUERY.replace("0.5", f"{0.5 + k / 1000:.3f}")
+                       for k in range(1, reps + 2))
+        # a new query text each time: nothing cached for this SQL; what the process keeps
+        # (old versions' sources and patches, catalog facts until the catalog changes) helps
+        _, plan_ms = timed(
+            lambda: plan_retroactive(session, session.prepare(next(queries)).analysis), reps)
         rewritten = session.prepare(READ_QUERY).sql
         ours, raw = [], []
         for _ in range(reps + 1):  # alternate, so drift on a shared machine hits both
@@ -145,9 +153,9 @@ def measure(repo: Path, reps: int) -> dict:
             raw_rows = session.con.cursor().execute(rewritten).fetchall()
             raw.append((time.perf_counter() - start) * 1e3)
         assert len(rows) == len(raw_rows)
-        prep_first, prep_ms = timed(lambda: session.prepare(READ_QUERY), reps)
-        refresh_first, refresh_ms = timed(conn.refresh, reps)
-    return {"ingest_s": ingest_s, "plan": planned, "plan_first_ms": plan_first,
+        _, prep_ms = timed(lambda: session.prepare(READ_QUERY), reps)
+        _, refresh_ms = timed(conn.refresh, reps)
+    return {"ingest_s": ingest_s, "plan": planned, "plan_cold_ms": cold_ms,
             "plan_ms": plan_ms, "query_ms": median(ours[1:]), "raw_ms": median(raw[1:]),
             "rows": len(rows), "prepare_ms": prep_ms, "refresh_ms": refresh_ms}
 
@@ -157,8 +165,8 @@ def report(result: dict, runs: int) -> None:
     lines = [
         f"history: {runs} runs, ingest {result['ingest_s']:.1f} s; plan for Q: "
         f"{result['plan']}",
-        f"prepare + plan over {runs} runs   {result['plan_ms']:8.1f} ms (first call "
-        f"{result['plan_first_ms']:.1f} ms)  target <= {TARGET_PLAN_MS:.0f} ms  "
+        f"prepare + plan over {runs} runs   {result['plan_ms']:8.1f} ms (cold, first in the "
+        f"process: {result['plan_cold_ms']:.0f} ms)  target <= {TARGET_PLAN_MS:.0f} ms  "
         f"{verdict(result['plan_ms'] <= TARGET_PLAN_MS)}",
         f"no missing column: florsql       {result['query_ms']:8.1f} ms  ({result['rows']} rows)",
         f"  same rewritten SQL, raw DuckDB {result['raw_ms']:8.1f} ms  ratio {ratio:.3f}  "
