@@ -100,7 +100,6 @@ class PartWriter(threading.Thread):
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._seq = 0
-        self._ctx_ids: dict[Context, int] = {(): 0}
         parts_dir.mkdir(parents=True, exist_ok=True)
         self.heartbeat = parts_dir.parent / "heartbeat"
         self.heartbeat.touch()
@@ -133,16 +132,19 @@ class PartWriter(threading.Thread):
 
     def _encode(self, records: list, timings: list, args: list) -> bytes:
         """A self-contained part: columnar records, and every context they need defined."""
-        defined: dict[int, None] = {}
+        ids: dict[Context, int] = {(): 0}  # context -> id, local to this part
         defs: list[tuple] = []
-        ctx_col, name_col, value_col = [], [], []
+        ctx_col = []
         last_ctx, last_id = None, 0
-        for ctx, name, value in records:
-            if ctx is not last_ctx:
-                last_id, last_ctx = self._define(ctx, defined, defs), ctx
+        for ctx, _, _ in records:
+            if ctx is not last_ctx:  # records of one step share their context object
+                last_ctx = ctx
+                last_id = ids.get(ctx)
+                if last_id is None:
+                    last_id = _define(ctx, ids, defs)
             ctx_col.append(last_id)
-            name_col.append(name)
-            value_col.append(value)
+        name_col = [r[1] for r in records]
+        value_col = [r[2] for r in records]
         doc = {
             "format": PART_FORMAT,
             "source": self.source,
@@ -156,18 +158,17 @@ class PartWriter(threading.Thread):
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    def _define(self, ctx: Context, defined: dict[int, None], defs: list[tuple]) -> int:
-        """The id of `ctx`; defines it and its ancestors in this part if not yet done."""
-        if not ctx:
-            return 0
-        ctx_id = self._ctx_ids.get(ctx)
-        if ctx_id is None:
-            ctx_id = self._ctx_ids[ctx] = len(self._ctx_ids)
-        if ctx_id not in defined:
-            parent = self._define(ctx[:-1], defined, defs)
-            defined[ctx_id] = None
-            defs.append((ctx_id, parent, *ctx[-1]))
-        return ctx_id
+
+
+def _define(ctx: Context, ids: dict[Context, int], defs: list[tuple]) -> int:
+    """Give `ctx` (and any ancestor not yet given one) an id in this part, defining it."""
+    parent = ctx[:-1]
+    parent_id = ids.get(parent)
+    if parent_id is None:
+        parent_id = _define(parent, ids, defs)
+    ctx_id = ids[ctx] = len(ids)
+    defs.append((ctx_id, parent_id, *ctx[-1]))
+    return ctx_id
 
 
 def write_atomic(path: Path, data: bytes) -> None:
