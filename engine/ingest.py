@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from .errors import IngestWarning
-from .parts import PartError, RowBatch, mark_ingested, read_part, rows_of_part
+from .parts import PART_SUFFIXES, PartError, RowBatch, mark_ingested, read_part, rows_of_part
 from .project import Project
 from .status import derive_status, read_json
 
@@ -124,8 +124,8 @@ def _ingest_parts(con, home: Path, src: Path, tstamp: str, done: set[str],
     parts_dir = src / "parts"
     if not parts_dir.is_dir():
         return
-    new = sorted(p for p in parts_dir.glob("[0-9]*.json")
-                 if p.relative_to(home).as_posix() not in done)
+    new = sorted(p for p in parts_dir.glob("[0-9]*.*") if p.suffix in PART_SUFFIXES
+                 and p.relative_to(home).as_posix() not in done)
     if not new:
         return
     ctx_map = dict(con.execute(

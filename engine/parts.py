@@ -1,9 +1,11 @@
 """Decode one record part (written by flor's PartWriter) into catalog rows.
 
-A part (format flor-part/2) holds columns `ctx`, `name`, `value`, the definitions
-`[id, parent_id, loop_name, iteration]` of the contexts they use (ids local to the run's
-writer, 0 = run level), the run's `args` as `[name, value]` and outer-loop `iterations` as
-`[loop_name, iteration, seconds]`. Contexts are matched to the catalog by path
+A part holds columns `ctx`, `name`, `value`, the definitions `[id, parent_id, loop_name,
+iteration]` of the contexts they use (ids local to the part, 0 = run level), the run's `args`
+as `[name, value]` and outer-loop `iterations` as `[loop_name, iteration, seconds]`. Format
+flor-part/2 (`NNNNNN.json`) stores them as JSON lists; flor-part/3 (`NNNNNN.part`, written
+since 0.4; layout in `flor.part_encode`) stores them as binary columns, and `read_part` turns
+it into the same lists. Contexts are matched to the catalog by path
 (`epoch=2/step=13`), so replays attach to the same contexts as the forward run.
 """
 
@@ -11,13 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-PART_FORMAT = "flor-part/2"
+BINARY_MAGIC = b"FLORPART3\n"  # flor.part_encode.MAGIC
+PART_SUFFIXES = (".part", ".json")  # flor-part/3, flor-part/2
+_BINARY_DTYPES = frozenset({"<u4", "<i8", "<f8", "u1"})
 _ORD_STRIDE = 10_000_000  # ord = part seq * stride + position: "last value wins" order
 _LOG_COLUMNS = ("ctx_id", "depth", "value_name", "value_type", "value_num", "value_text",
                 "kind", "ord")
@@ -63,13 +69,56 @@ class RowBatch:
 
 
 def read_part(path: Path) -> dict:
+    """A part as a flor-part/2 style document (columns as lists), whatever its format."""
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PartError(f"unreadable: {exc}") from None
+    if data.startswith(BINARY_MAGIC):
+        try:
+            return _lists_of_binary(data)
+        except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
+            raise PartError(f"malformed binary part: {exc!r}"[:120]) from None
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
         raise PartError(f"not valid JSON: {str(exc)[:80]}") from None
-    if not isinstance(doc, dict) or doc.get("format") != PART_FORMAT:
-        raise PartError(f"not a {PART_FORMAT} file")
+    if not isinstance(doc, dict) or doc.get("format") != "flor-part/2":
+        raise PartError("not a flor-part/2 or flor-part/3 file")
     return doc
+
+
+def _lists_of_binary(data: bytes) -> dict:
+    """Decode a flor-part/3 file: header, then its binary columns, into plain lists."""
+    (size,) = struct.unpack_from("<I", data, len(BINARY_MAGIC))
+    start = len(BINARY_MAGIC) + 4
+    header = json.loads(data[start:start + size])
+    if header.get("format") != "flor-part/3":
+        raise ValueError("header is not flor-part/3")
+    offset, cols = start + size, {}
+    for name, dtype, count in header["columns"]:
+        if dtype not in _BINARY_DTYPES or not isinstance(count, int) or count < 0:
+            raise ValueError(f"bad column {name!r}: {dtype!r} x {count!r}")
+        cols[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).tolist()
+        offset += np.dtype(dtype).itemsize * count
+    if offset != len(data):
+        raise ValueError(f"{len(data) - offset} bytes after the last column")
+    loops, names = header["loops"], header["names"]
+    defs = [[i + 1, p, loops[n], it] for i, (p, n, it) in
+            enumerate(zip(cols["parent"], cols["loop"], cols["iteration"], strict=True))]
+    name_col = [names[i] for i in cols["name"]]
+    return {**header, "contexts": defs, "ctx": cols["ctx"], "name": name_col,
+            "value": _merged_values(cols, header["values"], len(name_col))}
+
+
+def _merged_values(cols: dict, others: list, count: int) -> list:
+    floats, kinds = cols["floats"], cols.get("kind")
+    if kinds is None:
+        return floats
+    if len(kinds) != count or len(others) != sum(kinds) or len(floats) + len(others) != count:
+        raise ValueError("value columns do not add up")
+    next_float, next_other = iter(floats).__next__, iter(others).__next__
+    return [next_other() if k else next_float() for k in kinds]
 
 
 def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:

@@ -37,7 +37,7 @@ def iterate(session: Session, name: str | None, iterable: Iterable[T]) -> Iterat
             _skip_inner_loop(session)  # memoized: jump to the state at its end, yield nothing
         else:
             for i, item in enumerate(iterable):
-                rec.ctx = parent + ((name, i),)
+                rec.ctx = (parent, name, i)
                 yield item
     finally:
         rec.depth = depth
@@ -56,7 +56,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
             continue
         if stop is not None and i >= stop:
             _end_replay(session)
-        rec.ctx = ((name, i),)
+        rec.ctx = (None, name, i)
         now = time.perf_counter()
         skip = False
         if replay and i == start and (i > 0 or ckpt.has(replay.run_dir, name, i)):
@@ -80,7 +80,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
             rec.flush_soon()
             last_flush = now
     if not replay and i >= 0:
-        rec.ctx = ()
+        rec.ctx = None
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)
 
 

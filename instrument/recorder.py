@@ -1,17 +1,14 @@
 """The in-memory record buffer and the thread that writes it to crash-safe record parts.
 
 The training thread only appends `(context, name, value)` tuples to a deque (thread-safe,
-no lock, no I/O). A part holds columns `ctx`, `name`, `value` and the definitions
-`[id, parent_id, loop_name, iteration]` of every context they use (ancestors first; 0 is the
-run level), so each part can be read on its own. A writer thread drains the deque into
-numbered part files, each written to a temp file, fsynced and renamed, so a reader sees whole
-parts or none. It wakes at every outer-loop iteration (`flush_soon`) and at least every
+no lock, no I/O). A writer thread drains the deque into numbered part files (format in
+`part_encode`; each defines the contexts it uses, so it can be read on its own), each written
+to a temp file, fsynced and renamed, so a reader sees whole parts or none. It wakes at every outer-loop iteration (`flush_soon`) and at least every
 FLUSH_SECONDS; `flush()` drains synchronously.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -21,21 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlorNameError, FlorWarning
+from .part_encode import encode_part
 
-PART_FORMAT = "flor-part/2"
 FLUSH_SECONDS = float(os.environ.get("FLOR_FLUSH_SECONDS", "2.0"))
 RESERVED_NAMES = frozenset({"projid", "runid", "tstamp", "vid", "filename"})
 
-Context = tuple  # ((loop_name, iteration), ...) from the outermost loop inward
+Context = tuple  # (parent context or None, loop_name, iteration); None is the run level
 
 
 class Recorder:
     """Buffers the records of one run (or one replay) and owns its part writer."""
 
+    # slots: `flor.log` and `flor.loop` read and set these once per step, between torch
+    # kernels that evict the caches; a slot is one load where a dict lookup is several
+    __slots__ = ("queue", "append", "ctx", "depth", "known_names", "only", "iterations", "args",
+                 "_by_lower", "_warned", "_writer")
+
     def __init__(self, out_dir: Path, source: str, only: frozenset[str] | None = None) -> None:
         self.queue: deque = deque()
         self.append = self.queue.append
-        self.ctx: Context = ()
+        self.ctx: Context | None = None
         self.depth = 0
         self.known_names: set[str] = set()
         self.only = only  # a replay records just the names it was asked for
@@ -89,7 +91,7 @@ class Recorder:
 
 
 class PartWriter(threading.Thread):
-    """Drains a Recorder into `parts/NNNNNN.json` files and keeps the run's heartbeat fresh."""
+    """Drains a Recorder into `parts/NNNNNN.part` files and keeps the run's heartbeat fresh."""
 
     def __init__(self, recorder: Recorder, parts_dir: Path, source: str) -> None:
         super().__init__(name="flor-writer", daemon=True)
@@ -127,48 +129,8 @@ class PartWriter(threading.Thread):
             args = [self.recorder.args.popleft() for _ in range(len(self.recorder.args))]
             if records or timings or args:
                 self._seq += 1
-                part = self._encode(records, timings, args)
-                write_atomic(self.parts_dir / f"{self._seq:06d}.json", part)
-
-    def _encode(self, records: list, timings: list, args: list) -> bytes:
-        """A self-contained part: columnar records, and every context they need defined."""
-        ids: dict[Context, int] = {(): 0}  # context -> id, local to this part
-        defs: list[tuple] = []
-        ctx_col = []
-        last_ctx, last_id = None, 0
-        for ctx, _, _ in records:
-            if ctx is not last_ctx:  # records of one step share their context object
-                last_ctx = ctx
-                last_id = ids.get(ctx)
-                if last_id is None:
-                    last_id = _define(ctx, ids, defs)
-            ctx_col.append(last_id)
-        name_col = [r[1] for r in records]
-        value_col = [r[2] for r in records]
-        doc = {
-            "format": PART_FORMAT,
-            "source": self.source,
-            "seq": self._seq,
-            "contexts": defs,
-            "ctx": ctx_col,
-            "name": name_col,
-            "value": value_col,
-            "args": args,
-            "iterations": timings,
-        }
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-
-
-def _define(ctx: Context, ids: dict[Context, int], defs: list[tuple]) -> int:
-    """Give `ctx` (and any ancestor not yet given one) an id in this part, defining it."""
-    parent = ctx[:-1]
-    parent_id = ids.get(parent)
-    if parent_id is None:
-        parent_id = _define(parent, ids, defs)
-    ctx_id = ids[ctx] = len(ids)
-    defs.append((ctx_id, parent_id, *ctx[-1]))
-    return ctx_id
+                part = encode_part(records, timings, args, self.source, self._seq)
+                write_atomic(self.parts_dir / f"{self._seq:06d}.part", part)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ import pytest
 import florsql
 from conftest import run_script
 from florsql.engine import IngestWarning
+from florsql.engine.parts import read_part
 
 SCRIPT = """
 import flor
@@ -26,7 +27,14 @@ SUMMARY = ("SELECT value_name, value_type, count(*), sum(value_num) FROM logs "
 
 
 def _parts(repo: Path) -> list[Path]:
-    return sorted((repo / ".flor" / "runs").glob("*/parts/*.json"))
+    return sorted((repo / ".flor" / "runs").glob("*/parts/*.part"))
+
+
+def _part_of_epoch(repo: Path, epoch: int) -> Path:
+    """The part whose records are those of `epoch` (the script commits once per epoch)."""
+    def epochs(part: Path) -> set[int]:
+        return {it for _, _, loop, it in read_part(part)["contexts"] if loop == "epoch"}
+    return next(p for p in _parts(repo) if epochs(p) == {epoch})
 
 
 def test_querying_twice_ingests_nothing_twice(script_repo) -> None:
@@ -61,7 +69,7 @@ def test_a_rebuilt_catalog_equals_the_incremental_one(script_repo) -> None:
 def test_a_corrupt_record_part_is_skipped_with_a_warning(script_repo) -> None:
     repo = script_repo(SCRIPT)
     run_script(repo, "train.py")
-    epoch1 = next(p for p in _parts(repo) if '"epoch",1]' in p.read_text())
+    epoch1 = _part_of_epoch(repo, 1)
     epoch1.write_bytes(epoch1.read_bytes()[:40])  # torn in the middle
     with pytest.warns(IngestWarning, match=f"corrupt record part .*{epoch1.name}"):
         conn = florsql.connect(repo)
@@ -78,7 +86,7 @@ def test_a_corrupt_record_part_is_skipped_with_a_warning(script_repo) -> None:
 def test_a_part_in_a_foreign_format_is_skipped_and_the_cli_says_so(script_repo) -> None:
     repo = script_repo(SCRIPT)
     run_script(repo, "train.py")
-    epoch0 = next(p for p in _parts(repo) if '"epoch",0]' in p.read_text())
+    epoch0 = _part_of_epoch(repo, 0)
     epoch0.write_text('{"format": "something-else"}')
     out = subprocess.run([sys.executable, "-m", "florsql.cli", "-c",
                           "SELECT count(*) FROM logs WHERE kind='log'", str(repo)],
