@@ -3,8 +3,9 @@
 The training thread only appends `(context, name, value)` tuples to a deque (thread-safe,
 no lock, no I/O). A writer thread drains the deque into numbered part files (format in
 `part_encode`; each defines the contexts it uses, so it can be read on its own), each written
-to a temp file, fsynced and renamed, so a reader sees whole parts or none. It wakes at every outer-loop iteration (`flush_soon`) and at least every
-FLUSH_SECONDS; `flush()` drains synchronously.
+to a temp file, fsynced and renamed, so a reader sees whole parts or none. It wakes at every
+outer-loop iteration (`flush_soon`) and at least every FLUSH_SECONDS; `flush()` drains
+synchronously.
 """
 
 from __future__ import annotations
