@@ -2,7 +2,7 @@
 
 Layout under the flor home (`<repo>/.flor`, or FLOR_HOME):
   runs/<key>/run.json          identity, written atomically when the run starts
-  runs/<key>/parts/NNNNNN.json record parts (see recorder.py)
+  runs/<key>/parts/NNNNNN.part record parts (see part_encode.py)
   runs/<key>/ckpt/<loop>-<i>.pt  checkpoints, each listed by a .json entry once durable
   runs/<key>/heartbeat         touched by the writer while the process lives
   runs/<key>/end.json          status at exit: finished, failed or killed

@@ -20,6 +20,47 @@ GIT_ENV = {
 }
 
 
+TINY_MLP_LOSS_LINE = '            flor.log("loss", loss.item())\n'
+
+
+def tiny_mlp_script(epochs: int) -> str:
+    """A seeded 6-8-1 MLP trained for `epochs` x 6 steps with checkpoints: the replay tests'
+    script. Tests add statements by replacing TINY_MLP_LOSS_LINE."""
+    return f"""
+import torch
+from torch import nn
+
+import flor
+
+torch.manual_seed(0)
+lr = flor.arg("lr", 0.05)
+X = torch.randn(96, 6)
+Y = (X[:, :2].sum(1, keepdim=True) > 0).float()
+VX = torch.randn(64, 6)
+VY = (VX[:, :2].sum(1, keepdim=True) > 0).float()
+model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=lr)
+crit = nn.BCEWithLogitsLoss()
+
+
+@torch.no_grad()
+def accuracy(net, x, y):
+    return ((net(x) > 0).float() == y).float().mean().item()
+
+
+with flor.checkpointing(model=model, optimizer=opt):
+    for epoch in flor.loop("epoch", range({epochs})):
+        order = torch.randperm(96)
+        for step in flor.loop("step", range(6)):
+            idx = order[step * 16:(step + 1) * 16]
+            opt.zero_grad()
+            loss = crit(model(X[idx]), Y[idx])
+            loss.backward()
+            opt.step()
+{TINY_MLP_LOSS_LINE}print("final accuracy", accuracy(model, VX, VY))
+"""
+
+
 def git(repo: Path, *args: str) -> str:
     out = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
                          env={**os.environ, **GIT_ENV})

@@ -8,7 +8,7 @@ from test_replay import V2
 
 import flor
 import florsql
-from conftest import make_repo, run_script
+from conftest import TINY_MLP_LOSS_LINE, make_repo, run_script, tiny_mlp_script
 from florsql.engine.memo import is_memoizable
 
 EPOCH_LEVEL = V2.replace(
@@ -107,43 +107,10 @@ def test_replaying_one_epoch_runs_only_that_epoch(tmp_path: Path) -> None:
 
 # The benchmark's shape: the new statement calls a helper on the model after the inner loop,
 # and the run's checkpoints do not cover every epoch (the adaptive schedule skips short ones).
-BENCH_LIKE = """
-import torch
-from torch import nn
-
-import flor
-
-torch.manual_seed(0)
-lr = flor.arg("lr", 0.05)
-X = torch.randn(96, 6)
-Y = (X[:, :2].sum(1, keepdim=True) > 0).float()
-VX = torch.randn(64, 6)
-VY = (VX[:, :2].sum(1, keepdim=True) > 0).float()
-model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
-opt = torch.optim.SGD(model.parameters(), lr=lr)
-crit = nn.BCEWithLogitsLoss()
-
-
-@torch.no_grad()
-def accuracy(net, x, y):
-    return ((net(x) > 0).float() == y).float().mean().item()
-
-
-with flor.checkpointing(model=model, optimizer=opt):
-    for epoch in flor.loop("epoch", range(4)):
-        order = torch.randperm(96)
-        for step in flor.loop("step", range(6)):
-            idx = order[step * 16:(step + 1) * 16]
-            opt.zero_grad()
-            loss = crit(model(X[idx]), Y[idx])
-            loss.backward()
-            opt.step()
-            flor.log("loss", loss.item())
-print("final accuracy", accuracy(model, VX, VY))
-"""
+BENCH_LIKE = tiny_mlp_script(epochs=4)
 BENCH_TODAY = BENCH_LIKE.replace(
-    "            flor.log(\"loss\", loss.item())\n",
-    "            flor.log(\"loss\", loss.item())\n"
+    TINY_MLP_LOSS_LINE,
+    TINY_MLP_LOSS_LINE +
     "        flor.log(\"val_acc\", accuracy(model, VX, VY))\n")
 
 

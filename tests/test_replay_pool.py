@@ -12,7 +12,7 @@ import pytest
 
 import flor
 import florsql
-from conftest import make_repo, run_script
+from conftest import TINY_MLP_LOSS_LINE, make_repo, run_script, tiny_mlp_script
 from florsql.engine.catalog_session import CatalogSession
 from florsql.engine.replay_plan import plan_replay
 from florsql.engine.replay_pool import (
@@ -197,43 +197,10 @@ def test_the_modules_to_import_ahead_are_the_scripts_third_party_imports() -> No
 # Through the session and run_replay, with real recorded runs.
 # ---------------------------------------------------------------------------------------------
 
-SCRIPT = """
-import torch
-from torch import nn
-
-import flor
-
-torch.manual_seed(0)
-lr = flor.arg("lr", 0.05)
-X = torch.randn(96, 6)
-Y = (X[:, :2].sum(1, keepdim=True) > 0).float()
-VX = torch.randn(64, 6)
-VY = (VX[:, :2].sum(1, keepdim=True) > 0).float()
-model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
-opt = torch.optim.SGD(model.parameters(), lr=lr)
-crit = nn.BCEWithLogitsLoss()
-
-
-@torch.no_grad()
-def accuracy(net, x, y):
-    return ((net(x) > 0).float() == y).float().mean().item()
-
-
-with flor.checkpointing(model=model, optimizer=opt):
-    for epoch in flor.loop("epoch", range(3)):
-        order = torch.randperm(96)
-        for step in flor.loop("step", range(6)):
-            idx = order[step * 16:(step + 1) * 16]
-            opt.zero_grad()
-            loss = crit(model(X[idx]), Y[idx])
-            loss.backward()
-            opt.step()
-            flor.log("loss", loss.item())
-print("final accuracy", accuracy(model, VX, VY))
-"""
+SCRIPT = tiny_mlp_script(epochs=3)
 TODAY = SCRIPT.replace(
-    "            flor.log(\"loss\", loss.item())\n",
-    "            flor.log(\"loss\", loss.item())\n"
+    TINY_MLP_LOSS_LINE,
+    TINY_MLP_LOSS_LINE +
     "            flor.log(\"w\", model[0].weight.sum().item())\n"
     "        flor.log(\"val_acc\", accuracy(model, VX, VY))\n")
 
