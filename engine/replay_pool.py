@@ -230,6 +230,8 @@ class Zygote:
         """Close the pipe (the zygote kills its child and exits), then reap it."""
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.close()  # not under _io: a reader may hold it until its task ends
+        if not self.ready:  # still importing, no child: it would read the pipe only when done
+            self.proc.kill()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -37,6 +37,8 @@ def replay_main(argv: list[str]) -> int:
     with Connection(args.project) as conn:
         iterations = ({int(i) for i in args.iterations.split(",") if i.strip()}
                       if args.iterations else None)
+        if not args.dry_run:  # workers import torch (~2 s) while the plan is made
+            conn.session.warm_replay_pool(max(1, args.workers))
         plan = plan_replay(conn.session, names, args.where, max(1, args.workers), iterations)
         print(format_rows(*plan_table(plan)))
         print(f"{len(plan.tasks)} task(s) on {plan.workers} worker(s), "

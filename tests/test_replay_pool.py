@@ -145,6 +145,29 @@ def test_close_kills_a_running_child_and_leaves_no_zombie(probe: Path) -> None:
     assert pool.pids == []
 
 
+def test_closing_the_pool_does_not_wait_for_workers_still_importing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `florsql replay` warms workers while it plans; a plan with nothing to run closes the
+    # pool at once, and used to wait a second per worker for imports that never finish
+    (tmp_path / "slow_import_probe.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    pool = ReplayPool()
+    warming = pool.warm_async(2, ["slow_import_probe"])
+    deadline = time.monotonic() + 30
+    while len(pool.pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = pool.pids
+    assert len(pids) == 2
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 1.5  # was 2 s: 1 s per worker, then a kill
+    warming.join(10)
+    assert not warming.is_alive() and isinstance(pool.warm_error, Exception)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_workers_are_reused_and_started_only_up_to_the_limit(probe: Path) -> None:
     with ReplayPool() as pool:
         pool.warm(2)
