@@ -77,7 +77,7 @@ class Recorder:
                 "bool, str, None, 0-d tensor/array or small JSON-able list/dict (e.g. str(x)); "
                 "value not recorded",
                 FlorWarning,
-                stacklevel=3,
+                stacklevel=4,  # warn_unsupported, _log_any, log, the caller
             )
 
     def flush_soon(self) -> None:

@@ -257,6 +257,7 @@ def test_an_unsupported_value_warns_once_and_the_run_keeps_its_other_records(
     assert "done" in proc.stdout
     assert proc.stderr.count("FlorWarning") == 1
     assert "flor.log('model'): cannot record a object" in proc.stderr
+    assert "train.py:7: FlorWarning" in proc.stderr  # points at the script's own call
     rows = _logs(repo)
     assert [r[0] for r in rows] == ["cfg", "loss", "loss", "loss"]
     assert json.loads(rows[0][3]) == {"layers": [8, 8]} and rows[0][1] == "json"
@@ -317,7 +318,7 @@ def test_logged_arrays_land_as_json_values_queryable_from_sql(
     proc = run_script(repo, "train.py")
     assert "done" in proc.stdout
     warned = [line for line in proc.stderr.splitlines() if "FlorWarning" in line]
-    assert len(warned) == 1
+    assert len(warned) == 1 and "train.py:11: FlorWarning" in warned[0]
     assert "flor.log('weights'): a 200x100 ndarray has 20,000 elements, over the limit of " \
            "10,000; log a summary such as x.mean()" in warned[0]
     assert "FLOR_MAX_LOG_ELEMENTS" in warned[0]

@@ -67,6 +67,7 @@ class Plan:
     train_steps: int = 2_000
     train_reps: int = 7
     paired_blocks: int = 20  # in-process plain/flor block pairs of one epoch each
+    paired_procs: int = 3  # processes of paired blocks: the overhead varies by ~0.4% between them
     small_saves: int = 20
     large_saves: int = 5
     large_layers: int = 3  # nn.Linear(4096, 4096) each: 3 layers = 50.3M float32 params
@@ -74,8 +75,8 @@ class Plan:
 
 QUICK = Plan(
     log_calls=20_000, flordb_log_calls=2_000, loop_iters=2_000, flordb_loop_iters=500,
-    log_reps=1, train_epochs=2, train_steps=300, train_reps=2, paired_blocks=3, small_saves=5,
-    large_saves=2, large_layers=1,
+    log_reps=1, train_epochs=2, train_steps=300, train_reps=2, paired_blocks=3, paired_procs=1,
+    small_saves=5, large_saves=2, large_layers=1,
 )
 
 
@@ -477,15 +478,23 @@ def bench_paired(env: Env, plan: Plan) -> dict:
     impls = [("florsql", env.main_py, env.florsql_repo)]
     if env.flordb_py:
         impls.append(("flordb", env.flordb_py, env.flordb_repo))
-    out: dict[str, Any] = {"steps_per_block": plan.train_steps, "blocks": plan.paired_blocks}
+    out: dict[str, Any] = {"steps_per_block": plan.train_steps, "blocks": plan.paired_blocks,
+                           "procs": plan.paired_procs}
     for impl, py, repo in impls:
-        log(f"in-process paired training overhead: {impl}, {plan.paired_blocks} block pairs")
-        cfg = {"workload": "paired", "impl": impl, "steps": plan.train_steps,
-               "blocks": plan.paired_blocks}
-        res = run_worker(py, repo, cfg)
+        res: dict[str, list[float]] = {}
+        per_proc = []
+        for proc in range(plan.paired_procs):
+            log(f"in-process paired training overhead: {impl}, {plan.paired_blocks} block "
+                f"pairs, process {proc + 1}/{plan.paired_procs}")
+            cfg = {"workload": "paired", "impl": impl, "steps": plan.train_steps,
+                   "blocks": plan.paired_blocks}
+            one = run_worker(py, repo, cfg)
+            per_proc.append(paired_overhead(one["flor"], one["plain"])["paired_median"])
+            for key, values in one.items():
+                res.setdefault(key, []).extend(values)
         out[impl] = {**res, **paired_overhead(res["flor"], res["plain"]),
                      "loop_only": paired_overhead(res["flor_loop"], res["plain"]),
-                     "flush_median_s": median(res["flush"])}
+                     "flush_median_s": median(res["flush"]), "per_process": per_proc}
     return out
 
 
@@ -566,9 +575,10 @@ def train_lines(pa: dict, tr: dict) -> list[str]:
     plain_s = tr["seconds"]["plain"]
     return [
         line,
-        f"  (one process, {pa['blocks']} alternating plain/instrumented epoch pairs of "
-        f"{pa['steps_per_block']} steps; flor.commit() after each florsql epoch: "
-        f"{fs['flush_median_s'] * 1e3:.1f} ms median; pair-ratio IQR "
+        f"  ({pa['procs']} processes x {pa['blocks']} alternating plain/instrumented epoch "
+        f"pairs of {pa['steps_per_block']} steps, median of all pairs; per process "
+        f"{', '.join(f'{x:+.1%}' for x in fs['per_process'])}; flor.commit() after each "
+        f"florsql epoch: {fs['flush_median_s'] * 1e3:.1f} ms median; pair-ratio IQR "
         f"{fs['iqr'][0]:+.1%}..{fs['iqr'][1]:+.1%})",
         f"  one subprocess per variant ({len(plain_s)} reps, {tr['epochs']}x{tr['steps']} steps):"
         f" {sub} | florsql+checkpointing {ov['florsql+ckpt']['paired_median']:+.1%}",
