@@ -41,8 +41,9 @@ def _make_log() -> tuple[Callable[[str, T], T], Callable[[Recorder], None]]:
     """`flor.log`, plus the function that points it at the session's recorder.
 
     The common call (a name logged before, a plain scalar) reads the recorder through closure
-    cells: between torch kernels that evict the caches, the module-global and attribute
-    lookups it replaces cost about a third of the call (bench_record, in-process pairs).
+    cells instead of module globals and attributes. Inside a torch loop, a call costs about
+    1 us, not its tight-loop 0.2 us, and an A/B of 40 epoch pairs put this path at +0.4-0.7%
+    of the epoch against +0.9-1.0% for the lookups it replaces.
     """
     rec: Any = None
     known: set[str] | frozenset[str] = frozenset()  # the recorder's names, updated in place

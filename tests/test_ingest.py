@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -139,7 +140,7 @@ def test_checkpoints_pruned_after_an_ingest_leave_the_catalog_too(script_repo) -
     with florsql.connect(repo, replay="off") as conn:
         before = conn.execute("SELECT iteration FROM checkpoints ORDER BY 1").fetchall()
     entry = run_dir / "ckpt" / "epoch-000002.json"
-    data = run_dir / "ckpt" / json_file(entry)
+    data = run_dir / "ckpt" / json.loads(entry.read_text())["file"]
     entry.unlink()  # pruning: the entry first, then the file
     data.unlink()
     end.write_text(saved)
@@ -147,9 +148,3 @@ def test_checkpoints_pruned_after_an_ingest_leave_the_catalog_too(script_repo) -
         after = conn.execute("SELECT iteration FROM checkpoints ORDER BY 1").fetchall()
     assert [i for (i,) in before] == [0, 1, 2, 3, 4]
     assert [i for (i,) in after] == [0, 1, 3, 4]
-
-
-def json_file(entry: Path) -> str:
-    import json
-
-    return json.loads(entry.read_text())["file"]
