@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +39,6 @@ def locate_project(path: str | os.PathLike = ".") -> Project:
 
 
 def _git_toplevel(start: Path) -> Path | None:
-    cwd = start if start.is_dir() else start.parent
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True
-        )
-    except FileNotFoundError:
-        return None
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+    from flor import gitrepo  # lazily: the engine imports flor only when it needs git
+
+    return gitrepo.toplevel(start)

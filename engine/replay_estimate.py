@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 # Interpreter start and imports before the script's first flor call, which no record covers
 # (torch alone takes 2-3 s on a 2-core machine).
 IMPORT_SECONDS = 2.0
-WORKTREE_SECONDS = 0.3  # a new interpreter per segment: git worktree, process start and exit
-# Warm workers: per segment, git worktree add/remove, the fork, the child's set-up and exit.
+WORKTREE_SECONDS = 0.3  # a new interpreter per segment: the vid's tree, process start and exit
+# Warm workers: per segment, the vid's tree (read-tree -u), the fork, the child's set-up and exit.
 FORK_SECONDS = 0.07
 # What a script imports lazily after its first flor call, which a warm worker has imported
 # already: torch's compiler stack, at the first optimizer (about 1 s on a 2-core machine).
 LAZY_IMPORT_SECONDS = 1.0
 _LAZY_MODULES = frozenset(m for extra in ALSO_WARM.values() for m in extra)
 SETUP_FLOOR = 0.02  # the least set-up a segment pays outside its loop
-FINISH_SECONDS = 0.05  # after the tasks: worktree prune and ingest of the new records (~30 ms)
+FINISH_SECONDS = 0.05  # after the tasks: ingest of the new records (~30 ms)
 MAX_SPLIT = 8  # segments per run tried when balancing the workers
 
 
@@ -45,7 +45,7 @@ class Segment:
 class Startup:
     """What running a segment costs outside its loop."""
 
-    per_segment: float  # every segment: fork or interpreter, set-up, worktree
+    per_segment: float  # every segment: fork or interpreter, set-up, the vid's tree
     per_worker: float = 0.0  # once per worker that is not warm yet: interpreter and imports
     warm_workers: int = 0  # workers already warm with the modules (replay_pool.py)
     pooled: bool = False  # segments run in forked children of warm workers

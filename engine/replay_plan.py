@@ -9,7 +9,6 @@ old versions' sources and their patches, so planning a replay over many runs sta
 
 from __future__ import annotations
 
-import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +111,7 @@ def plan_runs(session: CatalogSession, requests: list[RunRequest], workers: int 
     """The replay of exactly `requests`: patches, segments and the estimate."""
     # filename -> today's source, or why it cannot be read; "" -> where the runs are now
     today: dict[str, str | OSError] = {"": str(session.project.runs_dir)}
+    _read_sources(session.project.root, requests)
     runs = [_run_plan(session, request, today) for request in requests]
     workers = max(1, workers)
     modules = _modules(session, runs)
@@ -221,13 +221,26 @@ def _modules(session: CatalogSession, runs: list[RunPlan]) -> list[str]:
     return replay_modules(session.project.root, [r for r in runs if r.refusal is None])
 
 
+def _read_sources(root: Path, requests: list[RunRequest]) -> None:
+    """Read the script of every version the plan needs through one open repository (GitPython:
+    50 files in 30-46 ms, against 100 ms for a `git show` each), into _SOURCES."""
+    from flor import gitrepo
+
+    wanted = {(q.row[2], q.row[3]) for q in requests} - {(v, f) for r, v, f in _SOURCES
+                                                           if r == root}
+    if wanted:
+        for (vid, filename), text in gitrepo.read_texts(root, sorted(wanted)).items():
+            _SOURCES[(root, vid, filename)] = text
+
+
 def _source_at(root: Path, vid: str, filename: str) -> str:
     key = (root, vid, filename)
-    if key not in _SOURCES:
-        proc = subprocess.run(["git", "show", f"{vid}:{filename}"], cwd=root,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
+    if key not in _SOURCES:  # not read ahead: missing, or asked for outside plan_runs
+        from flor import gitrepo
+
+        try:
+            _SOURCES[key] = gitrepo.read_text(root, vid, filename)
+        except gitrepo.GitError as e:
             raise EngineError(f"the code of version {vid[:10]} is not in this repository "
-                              f"({proc.stderr.strip()[:120]}); fetch refs/flor/snapshots/*")
-        _SOURCES[key] = proc.stdout
+                              f"({e}); fetch refs/flor/snapshots/*") from None
     return _SOURCES[key]

@@ -1,8 +1,10 @@
-"""Run a replay plan: each segment in its own git worktree at the run's vid, K at a time.
+"""Run a replay plan: each segment in its own copy of the run's version, K at a time.
 
 A segment's records go to a staging directory and are moved under the run
 (`runs/<key>/replays/<id>`) only when the process succeeded, so a failed segment leaves
-nothing behind and ingest never sees half a replay. The user's working tree is never touched.
+nothing behind and ingest never sees half a replay. The user's working tree is never touched,
+and neither is their repository's list of worktrees: the copy is a repository of its own, in a
+temporary folder (gitrepo.materialise).
 
 Segments run in the session's warm worker pool (replay_pool.py: a zygote per worker that has
 imported the scripts' heavy modules forks a child per segment), or, with FLOR_REPLAY_POOL=0,
@@ -79,22 +81,21 @@ def run_replay(session: CatalogSession, plan: ReplayPlan,
             results.append(result)
             if progress:
                 progress(result, done, len(tasks))
-    if tasks:  # forget worktrees whose removal failed
-        subprocess.run(["git", "worktree", "prune"], cwd=session.project.root,
-                       capture_output=True, text=True)
     session.refresh()
     return results
 
 
 def replay_modules(root: Path, runs: Iterable[RunPlan]) -> list[str]:
     """What the pool's workers import ahead: the patched scripts' heavy imports."""
+    runs = list(runs)
+    entries = _entries_at(root, {(r.vid, str(Path(r.filename).parent)) for r in runs})
     modules: list[str] = []
     seen: set[tuple[str, str]] = set()
     for run in runs:
         if (run.vid, run.filename) in seen:
             continue
         seen.add((run.vid, run.filename))
-        local = local_names(_entries_at(root, run.vid, str(Path(run.filename).parent)))
+        local = local_names(entries.get((run.vid, str(Path(run.filename).parent)), []))
         modules.extend(preload_modules(run.patched or "", local))
     return list(dict.fromkeys(modules))
 
@@ -134,17 +135,16 @@ def warm_modules(session: CatalogSession) -> list[str]:
 _ENTRIES: dict[tuple[Path, str, str], list[str]] = {}  # a commit's tree never changes
 
 
-def _entries_at(root: Path, vid: str, folder: str) -> list[str]:
-    """The names of the files and folders in `folder` of commit `vid`."""
-    key = (root, vid, folder)
-    if key not in _ENTRIES:
-        spec = vid if folder in ("", ".") else f"{vid}:{folder}"
-        proc = subprocess.run(["git", "ls-tree", "--name-only", spec], cwd=root,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            return []
-        _ENTRIES[key] = proc.stdout.split()
-    return _ENTRIES[key]
+def _entries_at(root: Path, keys: set[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    """(vid, folder) -> the names of the files and folders in `folder` of commit `vid`, read
+    through one open repository; a key whose folder is missing is left out."""
+    from flor import gitrepo
+
+    missing = [k for k in keys if (root, *k) not in _ENTRIES]
+    if missing:
+        for (vid, folder), names in gitrepo.folder_entries(root, sorted(missing)).items():
+            _ENTRIES[(root, vid, folder)] = names
+    return {k: _ENTRIES[(root, *k)] for k in keys if (root, *k) in _ENTRIES}
 
 
 def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int, threads: int,
@@ -161,25 +161,25 @@ def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int, th
                           RuntimeWarning, stacklevel=2)
     try:
         with tempfile.TemporaryDirectory(prefix="flor-replay-") as tmp:
-            worktree = Path(tmp) / "tree"
+            tree = Path(tmp) / "tree"
 
             def launch(memoize: bool) -> _Outcome:
                 env = _task_env(run, seg, replay_id, staging, threads, memoize,
                                 zygote.slot if zygote is not None else slot)
                 if zygote is None:
                     argv = [sys.executable, run.filename, *run.argv[1:]]
-                    proc = subprocess.run(argv, cwd=worktree, env=env, capture_output=True,
+                    proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True,
                                           text=True)
                     return _Outcome(proc.returncode, proc.stderr)
                 out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-                rc = zygote.run(Task(cwd=str(worktree), argv=[run.filename, *run.argv[1:]],
+                rc = zygote.run(Task(cwd=str(tree), argv=[run.filename, *run.argv[1:]],
                                      env=env, stdout=str(out), stderr=str(err),
                                      threads=threads))
                 return _Outcome(rc, _read_tail(err))
 
             try:
-                _add_worktree(session.project.root, worktree, run.vid)
-                (worktree / run.filename).write_text(run.patched or "")
+                _materialise(session.project.root, run.vid, tree)
+                (tree / run.filename).write_text(run.patched or "")
                 outcome = launch(run.memoize)
                 memoized = run.memoize and outcome.returncode == 0
                 if run.memoize and outcome.returncode == MEMO_UNSAFE_EXIT:  # replay it in full
@@ -189,8 +189,6 @@ def _run_task(session: CatalogSession, run: RunPlan, seg: Segment, slot: int, th
                 shutil.rmtree(staging, ignore_errors=True)
                 return TaskResult(run, seg, False, time.monotonic() - started,
                                   f"version {run.vid[:10]}: {e}", pooled=zygote is not None)
-            finally:
-                _remove_worktree(session.project.root, worktree)
     finally:
         if zygote is not None:
             pool.release(zygote)
@@ -231,13 +229,8 @@ def _read_tail(path: Path, limit: int = 20000) -> str:
         return ""
 
 
-def _add_worktree(root: Path, path: Path, vid: str) -> None:
-    proc = subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), vid],
-                          cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git worktree add failed for {vid[:10]}: {proc.stderr.strip()}")
+def _materialise(root: Path, vid: str, tree: Path) -> None:
+    """Version `vid` in the new folder `tree`, which the temporary folder's end removes."""
+    from flor import gitrepo
 
-
-def _remove_worktree(root: Path, path: Path) -> None:
-    subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root,
-                   capture_output=True, text=True)
+    gitrepo.materialise(root, vid, tree)

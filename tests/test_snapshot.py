@@ -152,6 +152,27 @@ def test_same_content_gives_the_same_vid_and_changed_content_a_new_one(repo: Pat
     assert snapshot_worktree(repo) == first
 
 
+def test_the_same_files_give_the_vid_earlier_versions_of_flor_gave(tmp_path: Path) -> None:
+    # The literal came from snapshot_worktree before git access moved to flor.gitrepo: runs
+    # recorded then and now must share vids when their code is the same.
+    repo = make_repo(tmp_path / "proj", {
+        "train.py": "print('v1')\n", "util.py": "X = 1\n", ".gitignore": "*.log\n"})
+    (repo / "util.py").write_text("X = 2\n")  # tracked, modified
+    (repo / "model.py").write_text("class Net: ...\n")  # untracked
+    (repo / "run.log").write_text("ignored\n")
+    (repo / "scripts").mkdir()
+    (repo / "scripts" / "go.sh").write_text("#!/bin/sh\necho go\n")  # untracked, executable
+    (repo / "scripts" / "go.sh").chmod(0o755)
+    assert snapshot_worktree(repo) == "7438e9b5a46689590d1f451477315ebe6ed3c237"
+
+
+def test_a_users_commit_signing_setting_neither_signs_nor_changes_the_vid(repo: Path) -> None:
+    unsigned = snapshot_worktree(repo)
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "gpg.program", "false")  # a gpg that cannot sign: signing would fail
+    assert snapshot_worktree(repo) == unsigned
+
+
 def test_an_untracked_file_changes_the_vid(repo: Path) -> None:
     first = snapshot_worktree(repo)
     (repo / "extra.py").write_text("E = 1\n")
