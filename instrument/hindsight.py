@@ -11,25 +11,30 @@ from .history import _connection
 
 def replay(apply_vars: list[str] | str, where_clause: str | None = None,
            path: str | os.PathLike = ".", workers: int | None = None,
-           dry_run: bool = False, iterations: Iterable[int] | None = None) -> Any:
+           dry_run: bool = False, iterations: Iterable[int] | None = None,
+           progress: bool = True) -> Any:
     """Replay the past runs that lack `apply_vars`, as FlorDB's `flor.replay` does.
 
     `where_clause` picks runs: SQL over `history` columns (`"lr > 0.01"`) or FlorDB's pandas
     style (`'cf_matrix.isna() and hidden_size.astype("float") < 250'`); `iterations` limits
-    it to those outer-loop iterations (epochs). Returns the plan as a
-    DataFrame with one row per run: the names replayed, the estimate, and what happened.
+    it to those outer-loop iterations (epochs); `progress` draws a bar on stderr as runs
+    finish. Returns the plan as a DataFrame with one row per run: the names replayed, the
+    estimate, and what happened.
     """
     import pandas as pd
 
     from florsql.engine.replay_plan import plan_replay
     from florsql.engine.replay_run import run_replay
+    from florsql.progress import replay_progress
 
     names = [apply_vars] if isinstance(apply_vars, str) else list(apply_vars)
     with _connection(path) as conn:
         wanted = None if iterations is None else set(iterations)
         plan = plan_replay(conn.session, names, where_clause, workers or os.cpu_count() or 1,
                            wanted)
-        results = [] if dry_run else run_replay(conn.session, plan)
+        # made here, just before the replay starts, so its clock is the replay's
+        bar = replay_progress(estimate=plan.estimated_seconds) if progress else None
+        results = [] if dry_run else run_replay(conn.session, plan, bar)
     outcome: dict[str, list] = {}
     for result in results:
         outcome.setdefault(result.run.tstamp, []).append(result)
