@@ -42,7 +42,8 @@ class UnknownColumnError(EngineError):
 
         lowered = {k.lower(): k for k in known}
         close = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=3)]
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see .names or .schema"
+        hint = (f"; did you mean {', '.join(close)}?" if close
+                else "; the names view lists every logged name")
         super().__init__(f"unknown column {name!r}{hint}")
         self.name = name
         self.closest = close
@@ -62,3 +63,4 @@ class ReplayBudgetError(EngineError):
             "answer without it (replay='off')")
         self.estimate = estimate
         self.limit = limit
+        self.tasks = tasks

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from .completion import CommandSpec
 from .engine.catalog import USER_TABLES
+from .export import ExportError, Result, export_format, write_results
 from .formatting import FORMATS
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
 
@@ -35,7 +36,9 @@ class Shell(Protocol):
     conn: Any
     mode: str
     timer: bool
+    last_result: Result | None
 
+    def message(self, text: str) -> None: ...
     def emit(self, text: str) -> None: ...
     def show(self, columns: list[str], rows: list[tuple]) -> None: ...
     def run_sql(self, sql: str, params: dict | None = None, *, locate: bool = True) -> bool: ...
@@ -167,6 +170,20 @@ def _output(shell: Shell, args: list[str]) -> None:
 @command(".once", "FILE", "write only the next result to FILE", (1, 1), "file")
 def _once(shell: Shell, args: list[str]) -> None:
     shell.set_output(args[0], once=True)
+
+
+@command(".export", "FILE [FORMAT]", "write the last result to FILE (parquet, csv, tsv, json, "
+         "md; from the extension or FORMAT) without running it again", (1, 2), "file")
+def _export(shell: Shell, args: list[str]) -> None:
+    if shell.last_result is None:
+        raise CommandError("no result to export yet: run a query first, then .export FILE")
+    try:
+        fmt = export_format(args[0], args[1] if len(args) > 1 else None)
+        write_results([shell.last_result], args[0], fmt)
+    except ExportError as e:
+        raise CommandError(str(e)) from None
+    rows = shell.last_result.table.num_rows
+    shell.message(f"wrote {rows} row(s) to {args[0]} ({fmt})")
 
 
 @command(".read", "FILE.sql", "run the SQL statements in a file", (1, 1), "file")

@@ -24,7 +24,14 @@ from .engine import (
     UnknownColumnError,
 )
 from .engine.retro import plan_retroactive
-from .retroactive import EXPLAIN_REPLAY, PLAN_COLUMNS, ReplayPolicy, check_mode, fill_missing
+from .retroactive import (
+    EXPLAIN_REPLAY,
+    PLAN_COLUMNS,
+    ReplayPolicy,
+    budget_message,
+    check_mode,
+    fill_missing,
+)
 from .retroactive import plan_rows as _plan_rows
 from .translate import check_read_only, describe, translate
 
@@ -35,12 +42,14 @@ class Connection:
     A query that names values today's scripts log but some runs lack is answered after
     replaying those runs (`replay="auto"`), after `confirm(plan)` says yes (`"ask"`), or with
     NULLs and a warning (`"off"`). `max_replay_seconds` caps the estimated replay time.
+    `surface` ("python", "cli" or "shell") says whose words its messages use.
     """
 
     def __init__(self, path: str = ".", *, replay: str = "auto",
                  max_replay_seconds: float | None = None, workers: int | None = None,
-                 confirm: Any = None, progress: Any = None) -> None:
-        self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress)
+                 confirm: Any = None, progress: Any = None, surface: str = "python") -> None:
+        self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress,
+                                          surface)
         try:
             self.session = CatalogSession(path)
         except EngineError as e:
@@ -171,7 +180,8 @@ class Cursor:
             prepared, lines = fill_missing(self.connection.session, prepared, sql, parameters,
                                            self.connection.replay_policy)
         except ReplayBudgetError as e:
-            raise exc.OperationalError(str(e)) from None
+            hints = self.connection.replay_policy.hints
+            raise exc.OperationalError(budget_message(e, hints)) from None
         except EngineError as e:
             raise exc.OperationalError(f"replay failed: {e}") from None
         except duckdb.Error as e:  # the query's own WHERE, run to choose runs, is wrong
@@ -234,6 +244,25 @@ class Cursor:
         with warnings.catch_warnings():  # DuckDB notes the copy; a DB-API cursor must make it
             warnings.simplefilter("ignore")
             return self._fetch(lambda r: r.to_arrow_table())
+
+    def pl(self) -> Any:
+        """The remaining rows as a polars DataFrame (needs polars: `pip install polars`)."""
+        try:
+            import polars
+        except ImportError:
+            raise exc.NotSupportedError(
+                "cursor.pl() needs polars, which is not installed: pip install polars "
+                "(or use cursor.df() for pandas, cursor.arrow() for pyarrow)") from None
+        return polars.from_arrow(self.arrow())
+
+    def fetch_record_batch(self, rows_per_batch: int = 1_000_000) -> Any:
+        """The remaining rows as a pyarrow RecordBatchReader of `rows_per_batch` rows a batch,
+        for results too large to hold at once. Read it before the next execute()."""
+        if rows_per_batch < 1:
+            raise exc.ProgrammingError(f"rows_per_batch must be at least 1, not {rows_per_batch}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._fetch(lambda r: r.to_arrow_reader(rows_per_batch))
 
     def setinputsizes(self, sizes: Any) -> None:
         """No-op, as PEP 249 allows."""

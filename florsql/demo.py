@@ -54,21 +54,35 @@ def main(argv: list[str] | None = None) -> int:
         cur = conn.execute(QUERY)
         print(format_rows([d[0] for d in cur.description], cur.fetchall()))
     _hindsight(repo)
-    print(f"\nTry: florsql {repo}    (the shell; .help lists its commands)")
-    print(f"     florsql run best_epoch --project {repo}")
+    print(next_steps(repo))
     return 0
+
+
+def next_steps(repo: Path) -> str:
+    """How to reach `florsql` from here: it lives in this interpreter's venv, which is
+    probably not on the PATH, so both the activate line and the full path are given."""
+    bin_dir = Path(sys.executable).parent
+    florsql = bin_dir / "florsql"
+    lines = ["", "# next: florsql is installed in this venv; either activate it first",
+             f"source {bin_dir / 'activate'}",
+             f"florsql {repo}                       # the shell; .help lists its commands",
+             f"florsql run best_epoch {repo}",
+             "# or call it by its full path, without activating:",
+             f"{florsql} {repo}"]
+    return "\n".join(lines)
 
 
 def _hindsight(repo: Path) -> None:
     """Log something new today and ask for it over the past runs: they are replayed."""
-    from .retroactive import describe_plan, progress_printer
+    from .progress import replay_progress
+    from .retroactive import describe_plan
 
     script = repo / "train.py"
     anchor = "            accuracy = ((model(x) > 0).float() == y).float().mean().item()\n"
     script.write_text(script.read_text().replace(anchor, anchor + NEW_STATEMENT))
     print(f"\n# hindsight: today's train.py also logs val_loss:\n{NEW_STATEMENT.strip()}")
     print(f"\n# florsql --yes -c <query> {repo}\n{RETRO_QUERY};\n")
-    with Connection(str(repo), replay="auto", workers=2, progress=progress_printer()) as conn:
+    with Connection(str(repo), replay="auto", workers=2, progress=replay_progress()) as conn:
         print(describe_plan(conn.execute("EXPLAIN REPLAY " + RETRO_QUERY).replay_plan))
         cur = conn.execute(RETRO_QUERY)
         print(format_rows([d[0] for d in cur.description], cur.fetchall()))

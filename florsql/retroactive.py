@@ -23,6 +23,25 @@ PLAN_COLUMNS = ["runid", "tstamp", "vid", "names", "iterations", "action", "est_
                 "statements"]
 
 
+@dataclass(frozen=True)
+class SurfaceHints:
+    """How the user of one surface says each thing a replay message suggests."""
+
+    replay_now: str  # replay the missing values now
+    answer_without: str  # answer with NULLs instead
+    raise_limit: str  # allow a longer replay
+
+
+# Each surface speaks its own language: flags on the CLI, dot commands in the shell.
+SURFACES = {
+    "python": SurfaceHints("connect(..., replay='auto')", "replay='off'",
+                           "a larger max_replay_seconds="),
+    "cli": SurfaceHints("rerun with --yes", "--no-replay", "a larger --max-replay-seconds"),
+    "shell": SurfaceHints("answer y, or .replay auto", ".replay off",
+                          "florsql --max-replay-seconds"),
+}
+
+
 @dataclass
 class ReplayPolicy:
     """How a connection answers a query that names values some runs lack."""
@@ -32,9 +51,17 @@ class ReplayPolicy:
     workers: int | None = None
     confirm: Callable[[RetroPlan], bool] | None = None  # `ask`: True to replay
     progress: Callable[[Any, int, int], None] | None = None  # per finished task
+    surface: str = "python"  # whose words the messages use: python, cli or shell
 
     def __post_init__(self) -> None:
         self.mode = check_mode(self.mode)
+        if self.surface not in SURFACES:
+            raise ValueError(f"surface must be one of {', '.join(SURFACES)}, not "
+                             f"{self.surface!r}")
+
+    @property
+    def hints(self) -> SurfaceHints:
+        return SURFACES[self.surface]
 
 
 def check_mode(mode: str) -> str:
@@ -52,7 +79,7 @@ def fill_missing(session: Any, prepared: Rewrite, sql: str, params: Any,
     key = ("retro-plan", sql, repr(params), policy.workers, session.scripts_state())
     if policy.mode == "off":
         plan = session.derived(key, lambda: plan_retroactive(session, analysis, policy.workers))
-        return prepared, _declined(plan, "replay is off")
+        return prepared, _declined(plan, "replay is off", policy.hints)
     with replay_lock(session):
         session.refresh()  # another query may have replayed while this one waited
         # kept until the catalog changes: asking again costs nothing when nothing is missing
@@ -70,18 +97,26 @@ def _run_by_policy(session: Any, plan: RetroPlan, policy: ReplayPolicy) -> list[
     if policy.mode == "ask" and not (policy.confirm and policy.confirm(plan)):
         reason = ("the replay was declined" if policy.confirm
                   else "replay='ask' needs a confirm callback")
-        return _declined(plan, reason)
+        return _declined(plan, reason, policy.hints)
     return run_retroactive(session, plan, policy.progress)
 
 
-def _declined(plan: RetroPlan, reason: str) -> list[str]:
+def _declined(plan: RetroPlan, reason: str, hints: SurfaceHints) -> list[str]:
     if not plan.tasks:
         return plan.warnings()
     runs = sorted({r.runid for r, _ in plan.tasks})
     head = (f"{reason}: {', '.join(plan.names)} answered as NULL for {len(runs)} run(s) "
-            f"({', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}); replay them with "
-            f"replay='auto', .replay auto in the shell, or florsql replay {','.join(plan.names)}")
+            f"({', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}); to replay them, "
+            f"{hints.replay_now}, or run florsql replay {','.join(plan.names)}")
     return [head, *plan.warnings()]
+
+
+def budget_message(error: ReplayBudgetError, hints: SurfaceHints) -> str:
+    """The over-budget refusal in the surface's words."""
+    return (f"this query needs a replay of {error.tasks} task(s), estimated "
+            f"{error.estimate:.0f} s, over the limit of {error.limit:g} s: narrow the query "
+            f"with WHERE, allow it with {hints.raise_limit}, or answer without replaying "
+            f"({hints.answer_without})")
 
 
 def plan_rows(plan: RetroPlan) -> list[tuple]:
@@ -129,23 +164,3 @@ def ask_on_terminal(plan: RetroPlan) -> bool:
     answer = input(f"Replay {len(plan.tasks)} task(s), estimated "
                    f"{plan.estimated_seconds:.0f} s? [y/N] ")
     return answer.strip().lower() in ("y", "yes")
-
-
-def progress_printer(stream: Any = None) -> Callable[[Any, int, int], None]:
-    """A one-line progress bar with elapsed time and ETA, redrawn as each task ends."""
-    import sys
-    import time
-
-    started = time.monotonic()
-
-    def show(result: Any, done: int, total: int) -> None:
-        out = stream or sys.stderr
-        elapsed = time.monotonic() - started
-        eta = elapsed / done * (total - done)
-        bar = "#" * int(20 * done / total)
-        state = "ok" if result.ok else "FAILED"
-        print(f"\rreplay [{bar:<20}] {done}/{total} {result.run.runid} {state} "
-              f"elapsed {elapsed:.1f}s eta {eta:.1f}s", file=out,
-              end="\n" if done == total else "", flush=True)
-
-    return show

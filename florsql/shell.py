@@ -37,10 +37,12 @@ from .commands import CommandError, ExitShell, command_specs, dispatch, user_tab
 from .completion import Catalog, SqlCompleter
 from .dbapi import Connection
 from .engine.retro import RetroPlan
-from .formatting import format_rows, format_vertical, underline
-from .retroactive import EXPLAIN_REPLAY, describe_plan, plan_summary, progress_printer
+from .export import Result
+from .formatting import display_width, format_rows, format_vertical, underline
+from .progress import replay_progress
+from .retroactive import describe_plan, plan_summary
 from .saved import SavedQueryError, list_queries
-from .translate import one_line
+from .statements import split_statements
 
 DEFAULT_HISTORY = "~/.local/state/florsql/history"
 DEFAULT_PAGER = "less -SRFX"
@@ -57,7 +59,7 @@ def run_shell(project: str, *, input: Input | None = None, output: Output | None
     """
     out = stdout or sys.stdout
     try:
-        conn = Connection(project, replay="ask")
+        conn = Connection(project, replay="ask", surface="shell")
     except exceptions.Error as e:
         print(f"florsql: error: {e}", file=out)
         return 1
@@ -92,7 +94,8 @@ class Shell:
         self.timer = False
         self._redirect: IO[str] | None = None
         self._once: str | None = None
-        self._parser = duckdb.connect(":memory:")
+        self.last_result: Result | None = None
+        self._parser = duckdb.connect(":memory:")  # only to point at a syntax error
         self._catalog: Catalog = ({}, [], [])
         self.completer = SqlCompleter(lambda: self._catalog, command_specs())
         self.session: PromptSession[str] = PromptSession(
@@ -102,7 +105,7 @@ class Shell:
             auto_suggest=AutoSuggestFromHistory(), enable_history_search=False,
             complete_while_typing=True, input=input, output=output)
         conn.replay_policy.confirm = self.confirm_replay
-        conn.replay_policy.progress = progress_printer(self.stdout)
+        conn.replay_policy.progress = replay_progress(self.stdout)
         self.run_quietly(conn.refresh)
         self.refresh_catalog()
 
@@ -138,16 +141,12 @@ class Shell:
 
     def run_text(self, text: str) -> None:
         """Run each SQL statement of `text` in turn, stopping at the first error."""
-        if EXPLAIN_REPLAY.match(text):  # not DuckDB syntax: it cannot split it
-            self.run_sql(text.strip().rstrip(";"))
-            return
-        try:
-            statements = [s.query for s in self._parser.extract_statements(text)]
-        except duckdb.Error as e:
-            self.error(one_line(str(e)), _duckdb_caret(str(e)))
-            return
-        for sql in statements:
-            if not self.run_sql(sql):
+        statements = split_statements(text)
+        for statement in statements:
+            if not self.run_sql(statement.sql):
+                if len(statements) > 1:
+                    self.message(f"(statement {statement.number} of {len(statements)}, line "
+                                 f"{statement.line}; the statements after it did not run)")
                 return
 
     def run_sql(self, sql: str, params: dict | None = None, *, locate: bool = True) -> bool:
@@ -157,14 +156,15 @@ class Shell:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 cur = self.conn.execute(sql, params)
-                rows = cur.fetchall() if cur.description else []
+                result = Result.from_cursor(cur) if cur.description else None
         except exceptions.Error as e:
-            self.error(str(e), _name_position(sql, str(e)) if locate else None)
+            self.error(str(e), self._position(sql, str(e)) if locate else None)
             return False
         for w in caught:
             self.message(f"warning: {w.message}")
-        if cur.description:
-            self.show([d[0] for d in cur.description], rows)
+        if result is not None:
+            self.last_result = result  # for .export: kept, never run again
+            self.show(result.columns, result.rows())
         if cur.replay_plan is not None:
             self.message(plan_summary(cur.replay_plan))
         if self.timer:
@@ -186,7 +186,7 @@ class Shell:
     def show(self, columns: list[str], rows: list[tuple]) -> None:
         text = format_rows(columns, rows, self.mode)
         if self._redirect is None and self._once is None and self.mode == "table":
-            if max(map(len, text.splitlines()), default=0) > self._screen_size()[1]:
+            if display_width(text) > self._screen_size()[1]:
                 text = format_vertical(columns, rows)
         self.emit(text)
 
@@ -238,6 +238,15 @@ class Shell:
             step()
         for w in caught:
             self.message(f"warning: {w.message}")
+
+    def _position(self, sql: str, message: str) -> str | None:
+        """DuckDB's caret under a syntax error, else the first quoted name underlined."""
+        if "syntax error" in message.lower():
+            try:
+                self._parser.extract_statements(sql)
+            except duckdb.Error as e:
+                return _duckdb_caret(str(e))
+        return _name_position(sql, message)
 
     def _screen_size(self) -> tuple[int, int]:
         size = self.session.output.get_size()

@@ -13,6 +13,10 @@ from .engine.rewrite import closest
 # The catalog is derived from record files: statements that change it would be lost or corrupt it.
 _ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET"}
 _NO_RESULT = {"SET", "VARIABLE_SET"}
+_WRITES_FILES = {"COPY", "EXPORT", "COPY_DATABASE"}
+EXPORT_HINT = ("florsql's SQL cannot write files: export a result with `florsql -c SQL --output "
+               "FILE` (.parquet, .csv, .tsv, .json), `.export FILE` in the shell, or "
+               "cursor.df(), .arrow() or .pl() in Python")
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
@@ -25,6 +29,8 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
         raise exc.ProgrammingError("empty statement: write a SELECT query")
     for statement in statements:
         kind = statement.type.name
+        if kind in _WRITES_FILES:
+            raise exc.NotSupportedError(f"{kind.replace('_', ' ')} is not allowed: {EXPORT_HINT}")
         if kind not in _ALLOWED_STATEMENTS:
             raise exc.NotSupportedError(
                 f"{kind} is not allowed: the catalog is rebuilt from the record files, so "

@@ -188,10 +188,19 @@ def test_python_dash_m_florsql_cli_works_too(project: Path) -> None:
 # --- documentation -----------------------------------------------------------------------------
 
 
-def test_every_cli_option_is_documented_in_the_readme() -> None:
+def test_every_cli_option_and_command_is_documented_in_the_readme() -> None:
+    import argparse
+
     readme = README.read_text()
-    options = [opt for action in build_parser()._actions for opt in action.option_strings
-               if opt not in ("-h", "--help")]
-    assert {"-c", "--command", "-f", "--file", "--format"} <= set(options)
-    missing = [opt for opt in options if not re.search(rf"(?<![\w-]){re.escape(opt)}\b", readme)]
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = [parser, *commands.choices.values()]
+    options = {opt for p in parsers for action in p._actions for opt in action.option_strings
+               if opt not in ("-h", "--help")}
+    assert {"-c", "--command", "-f", "--file", "--format", "--output", "--version",
+            "--project", "--where", "--dry-run"} <= options
+    missing = [opt for opt in sorted(options)
+               if not re.search(rf"(?<![\w-]){re.escape(opt)}\b", readme)]
     assert not missing, f"README.md does not mention {missing}"
+    undocumented = [c for c in commands.choices if f"`{c}" not in readme]
+    assert not undocumented, f"README.md does not document the commands {undocumented}"

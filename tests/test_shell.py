@@ -97,14 +97,15 @@ def test_a_bad_query_prints_one_error_and_the_next_query_still_runs(project: Pat
     code, out = drive(project, "SELECT acuracy FROM history;\nSELECT 6 * 7 AS answer;\n.quit\n")
     assert code == 0
     assert "error: unknown column 'acuracy'; did you mean accuracy?" in out
-    assert "  SELECT acuracy FROM history;\n         ^^^^^^^\n" in out
+    assert "  SELECT acuracy FROM history\n         ^^^^^^^\n" in out
     assert re.search(r"answer\n-+\n\s*42\n", out)
 
 
 def test_a_syntax_error_is_underlined_where_duckdb_found_it(project: Path, history: Path) -> None:
-    code, out = drive(project, "SELECT runid FROM runs WHERE;\n.quit\n")
-    assert 'error: Parser Error: syntax error at or near ";"' in out
-    assert "  SELECT runid FROM runs WHERE;\n                              ^\n" in out
+    code, out = drive(project, "SELECT runid FROM runs WHERE ORDER BY 1;\n.quit\n")
+    assert 'error: Parser Error: syntax error at or near "ORDER"' in out
+    caret = " " * len("SELECT runid FROM runs WHERE ") + "^^^^^"
+    assert f"  SELECT runid FROM runs WHERE ORDER BY 1\n  {caret}\n" in out
 
 
 def test_read_runs_every_statement_in_a_file(project: Path, history: Path,
@@ -234,3 +235,40 @@ def test_ctrl_r_finds_an_earlier_statement_in_the_history(project: Path, history
     drive(project, "SELECT 'needle' AS found;\nSELECT 'other' AS x;\n.quit\n")
     code, out = drive(project, "\x12needle\r\r.quit\n")
     assert re.search(r"found\n-+\nneedle\n", out)
+
+
+def test_export_writes_the_last_result_without_running_it_again(
+        project: Path, history: Path, tmp_path: Path) -> None:
+    import duckdb
+
+    target = tmp_path / "acc.parquet"
+    sql = "SELECT runid, epoch, accuracy, random() AS r FROM history ORDER BY runid, epoch;"
+    code, out = drive(project, f"{sql}\n.export {target}\n.export {tmp_path / 'acc.csv'}\n"
+                      ".quit\n")
+    assert code == 0 and f"wrote 6 row(s) to {target} (parquet)" in out
+    back = duckdb.connect().execute(f"SELECT * FROM '{target}'").fetchall()
+    assert [r[:3] for r in back] == [("fast", 0, 0.5), ("fast", 1, 0.6), ("fast", 2, 0.7),
+                                     ("slow", 0, 0.5), ("slow", 1, 0.6), ("slow", 2, 0.7)]
+    shown = re.findall(r"\|\s+(0\.\d+)\s*$", out, re.MULTILINE)  # random() as shown
+    assert [f"{r[3]:.6g}" for r in back] == shown  # the same rows: it did not run again
+    csv_rows = (tmp_path / "acc.csv").read_text().splitlines()
+    assert csv_rows[0] == "runid,epoch,accuracy,r" and len(csv_rows) == 7
+
+
+def test_export_before_any_result_or_to_an_unknown_format_is_one_line(
+        project: Path, history: Path, tmp_path: Path) -> None:
+    code, out = drive(project, f".export {tmp_path / 'x.csv'}\nSELECT 1 AS one;\n"
+                      f".export {tmp_path / 'x.xyz'}\n.quit\n")
+    assert code == 0
+    assert "error: no result to export yet" in out
+    assert "error: cannot tell the format" in out and not (tmp_path / "x.xyz").exists()
+
+
+def test_several_statements_on_one_line_each_print_and_an_error_stops_the_rest(
+        project: Path, history: Path) -> None:
+    code, out = drive(project, "SELECT 1 AS a; SELECT nope FROM runs; SELECT 3 AS c;\n.quit\n")
+    assert code == 0
+    assert re.search(r"^a\n-\n1\n", out, re.MULTILINE)
+    assert "nope" in out
+    assert "(statement 2 of 3, line 1; the statements after it did not run)" in out
+    assert not re.search(r"^c$", out, re.MULTILINE)

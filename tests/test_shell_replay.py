@@ -72,6 +72,7 @@ def test_explain_shows_the_plan_and_its_cost_and_runs_nothing(project: Path) -> 
 def test_ask_mode_shows_the_plan_and_a_no_answers_with_nulls(project: Path) -> None:
     out = drive(project, QUERY + "\nn\n.quit\n")
     assert "warning: the replay was declined" in out and "fast" in out
+    assert "answer y, or .replay auto" in out and "--yes" not in out
     assert replays(project) == []
 
 
