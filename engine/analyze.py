@@ -5,17 +5,21 @@ analyze_statement(statement, schema, tables, script_names, params) -> Analysis. 
 catalog facts come in as arguments. The query is qualified with sqlglot against the catalog
 schema plus the names today's scripts log, so aliases, CTEs, subqueries, joins, `USING` and
 window functions resolve to the `history` columns behind them. Only names the query spells out
-can trigger a replay: `SELECT *` expands to the columns that have data.
+can trigger a replay: `SELECT *` expands to the columns that have data. `* EXCLUDE (x)` and
+`COLUMNS('regex')` reference what DuckDB would select: the regex, lambda or list is evaluated
+by a sandboxed in-memory DuckDB over an empty relation with `history`'s columns.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 from sqlglot import exp
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
@@ -24,6 +28,7 @@ from sqlglot.schema import MappingSchema
 
 from .errors import UnknownColumnError
 from .names import IDENTITY_COLUMNS, HistorySchema
+from .sandbox import lock_down, run_interruptible
 
 log = logging.getLogger(__name__)
 HISTORY = "history"
@@ -31,6 +36,9 @@ _UNRESOLVED = re.compile(r"Column '([^']+)' could not be resolved")
 _POSITIONAL = re.compile(r"\$__p(\d+)")
 # Conjuncts holding these are never pushed down: their value is not a property of the run.
 _NOT_PUSHABLE = (exp.Subquery, exp.Select, exp.AggFunc, exp.Window, exp.Rand, exp.Anonymous)
+_PROBE_MEMORY = "256MB"  # the COLUMNS(...) probe selects from an empty relation
+_probe: duckdb.DuckDBPyConnection | None = None
+_probe_guard = threading.Lock()
 
 
 @dataclass
@@ -76,12 +84,13 @@ def analyze_statement(statement: exp.Expression, schema: HistorySchema,
     work = statement.copy()
     bound = _name_placeholders(work, params)
     qualified = qualify_history(work, history_cols, tables, script_names.values())
+    selected = selected_columns(statement, history_cols)
     if qualified is None:  # sqlglot could not qualify it: name matching, every run
-        found = _column_names(statement, history_cols)
+        found = _column_names(statement, history_cols) | selected
         return Analysis(referenced=found, replayable=found & spelled & set(script_names),
                         widened=bool(found & set(script_names)))
     run_level = _run_level_columns(schema)
-    out = Analysis()
+    out = Analysis(referenced=selected)
     for scope in traverse_scope(qualified):
         for alias in _history_aliases(scope):  # each alias of history chooses its own rows
             cols = {c.name.lower() for c in scope.columns if c.table == alias}
@@ -104,7 +113,9 @@ def qualify_history(statement: exp.Expression, history_cols: dict[str, str],
     An unknown column raises UnknownColumnError naming the closest of every known name
     (`also_known`: names today's scripts log).
     """
-    mapping = MappingSchema({**tables, HISTORY: history_cols}, dialect="duckdb")
+    # Quoted, so that sqlglot reads a logged name like `$1` or `:lr` as a name, not a parameter.
+    quoted = {_quoted(name): kind for name, kind in history_cols.items()}
+    mapping = MappingSchema({**tables, HISTORY: quoted}, dialect="duckdb")
     try:
         return qualify(statement, schema=mapping, dialect="duckdb",
                        validate_qualify_columns=True, quote_identifiers=False)
@@ -117,6 +128,54 @@ def qualify_history(statement: exp.Expression, history_cols: dict[str, str],
     except SqlglotError as e:
         log.debug("qualify failed, falling back to column names: %s", e)
     return None
+
+
+def selected_columns(statement: exp.Expression, history_cols: Mapping[str, str]) -> set[str]:
+    """Lower-cased `history` columns that `* EXCLUDE/RENAME (...)` name (DuckDB needs them in
+    the relation to leave them out) and that `COLUMNS(...)` selectors select."""
+    known = {c.lower() for c in history_cols}
+    found: set[str] = set()
+    for star in statement.find_all(exp.Star):
+        for key in ("except_", "except", "rename"):
+            for item in star.args.get(key) or []:
+                found |= {c.name.lower() for c in item.find_all(exp.Column)}
+    selectors = list(statement.find_all(exp.Columns))
+    if selectors:
+        found |= _probe_selectors(selectors, history_cols)
+    return found & known
+
+
+def _probe_selectors(selectors: list[exp.Columns], history_cols: Mapping[str, str]) -> set[str]:
+    """The columns DuckDB's COLUMNS(...) selects among `history_cols` (all of them if the probe
+    cannot tell: the query itself will then fail with DuckDB's own message)."""
+    empty = ", ".join(f"CAST(NULL AS {kind}) AS {_quoted(name)}"
+                      for name, kind in history_cols.items())
+    picked = ", ".join(s.sql(dialect="duckdb") for s in selectors)
+    sql = f"SELECT {picked} FROM (SELECT {empty}) AS {HISTORY} LIMIT 0"
+    cursor = _probe_connection().cursor()
+    try:
+        run_interruptible(cursor, lambda: cursor.execute(sql))
+        return {d[0].lower() for d in cursor.description or ()}
+    except duckdb.Error as e:
+        log.debug("COLUMNS probe failed, taking every column: %s", e)
+        return {c.lower() for c in history_cols}
+    finally:
+        cursor.close()
+
+
+def _probe_connection() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB as locked down as the catalog's: a selector is user SQL too."""
+    global _probe
+    with _probe_guard:
+        if _probe is None:
+            con = duckdb.connect(":memory:")
+            lock_down(con, _PROBE_MEMORY)
+            _probe = con
+        return _probe
+
+
+def _quoted(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
 
 
 def _spelled_names(statement: exp.Expression) -> set[str]:

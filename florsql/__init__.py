@@ -43,17 +43,20 @@ paramstyle = "qmark"
 
 
 def connect(path: str = ".", *, replay: str = "auto", max_replay_seconds: float | None = None,
-            workers: int | None = None, confirm: Any = None, progress: Any = None) -> Connection:
+            workers: int | None = None, confirm: Any = None, progress: Any = None,
+            memory_limit: str | None = None) -> Connection:
     """Open the catalog of the project at `path` (any directory inside its git repo).
 
     `replay` says what a query that names values some runs lack does: "auto" replays those
     runs first, "ask" replays when `confirm(plan)` returns True, "off" answers with NULLs and
     a warning. `max_replay_seconds` refuses a replay estimated to take longer; `workers`
     replay processes run at once (default: one per core); `progress(result, done, total)`
-    is called as each replay task ends.
+    is called as each replay task ends. `memory_limit` caps the query engine's memory
+    ("8GB", "500MB", "75%" of RAM; default $FLORSQL_MEMORY_LIMIT, else "50%").
     """
     return Connection(path, replay=replay, max_replay_seconds=max_replay_seconds,
-                      workers=workers, confirm=confirm, progress=progress)
+                      workers=workers, confirm=confirm, progress=progress,
+                      memory_limit=memory_limit)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ queries even where a `./queries` directory exists, and `florsql ./queries` (or
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -83,6 +84,9 @@ def with_default_command(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    # sqlglot warns on stderr for each statement it only half understands (EXPLAIN ANALYZE ...,
+    # LOAD): noise for a CLI whose errors are one line each; DuckDB judges the SQL anyway.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
     args = build_parser().parse_args(with_default_command(words))
     args.project = project_of(args)
     try:

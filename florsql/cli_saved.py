@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from . import exceptions
-from .cli_query import add_output_arguments, add_project, add_replay_flags, fail, run_statements
+from .cli_query import (
+    add_output_arguments,
+    add_project,
+    add_replay_flags,
+    fail,
+    print_warnings,
+    run_statements,
+)
 from .dbapi import Connection
 from .formatting import format_rows
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
@@ -32,11 +40,11 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def list_main(args: argparse.Namespace) -> int:
-    try:
+    with warnings.catch_warnings(record=True) as skipped:  # files that could not be read
+        warnings.simplefilter("always")
         rows = [(q.name, " ".join(f":{p}" for p in q.params), q.description)
                 for q in list_queries(project_root(args.project))]
-    except SavedQueryError as e:
-        return fail(str(e))
+    print_warnings(skipped)
     print(format_rows(["name", "params", "description"], rows))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import shlex
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from .formatting import FORMATS
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
 
 RECENT_RUNS = 20
+READ_LIMIT = 10 * 1024 * 1024  # .read takes SQL scripts; /dev/zero or a dataset is a mistake
 
 
 class CommandError(Exception):
@@ -188,19 +190,36 @@ def _export(shell: Shell, args: list[str]) -> None:
 
 @command(".read", "FILE.sql", "run the SQL statements in a file", (1, 1), "file")
 def _read(shell: Shell, args: list[str]) -> None:
+    shell.run_text(read_sql_file(args[0]))
+
+
+def read_sql_file(name: str, limit: int = READ_LIMIT) -> str:
+    """The text of a SQL script: at most `limit` bytes of UTF-8 without NUL bytes, read
+    without ever holding more than that (`/dev/zero` never ends)."""
     try:
-        text = Path(args[0]).expanduser().read_text()
+        with Path(name).expanduser().open("rb") as fh:
+            data = fh.read(limit + 1)
     except OSError as e:
-        raise CommandError(f"cannot read {args[0]}: {e.strerror}") from None
-    shell.run_text(text)
+        raise CommandError(f"cannot read {name}: {e.strerror}") from None
+    if len(data) > limit:
+        raise CommandError(f"cannot read {name}: over {limit // (1024 * 1024)} MB, too large "
+                           "for a SQL script")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise CommandError(f"cannot read {name}: not a SQL script (binary, or not UTF-8 text)")
+    return text
 
 
 @command(".queries", help="list the saved queries with their parameters")
 def _queries(shell: Shell, args: list[str]) -> None:
-    try:
+    with warnings.catch_warnings(record=True) as skipped:  # files that could not be read
+        warnings.simplefilter("always")
         queries = list_queries(shell.conn.project.root)
-    except SavedQueryError as e:
-        raise CommandError(str(e)) from None
+    for w in skipped:
+        shell.message(f"warning: {w.message}")
     shell.show(["name", "params", "description"],
                [(q.name, " ".join(f"{p}=..." for p in q.params), q.description) for q in queries])
 

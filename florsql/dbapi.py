@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -24,6 +25,7 @@ from .engine import (
     UnknownColumnError,
 )
 from .engine.retro import plan_retroactive
+from .engine.sandbox import run_interruptible
 from .retroactive import (
     EXPLAIN_REPLAY,
     PLAN_COLUMNS,
@@ -43,15 +45,20 @@ class Connection:
     replaying those runs (`replay="auto"`), after `confirm(plan)` says yes (`"ask"`), or with
     NULLs and a warning (`"off"`). `max_replay_seconds` caps the estimated replay time.
     `surface` ("python", "cli" or "shell") says whose words its messages use.
+
+    Statements run in a DuckDB that can read no file, load no extension and use at most
+    `memory_limit` (e.g. "8GB" or "50%"; default $FLORSQL_MEMORY_LIMIT, else half the RAM).
     """
 
     def __init__(self, path: str = ".", *, replay: str = "auto",
                  max_replay_seconds: float | None = None, workers: int | None = None,
-                 confirm: Any = None, progress: Any = None, surface: str = "python") -> None:
+                 confirm: Any = None, progress: Any = None, surface: str = "python",
+                 memory_limit: str | None = None) -> None:
         self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress,
                                           surface)
+        self._cursors: weakref.WeakSet[Cursor] = weakref.WeakSet()
         try:
-            self.session = CatalogSession(path)
+            self.session = CatalogSession(path, memory_limit)
         except EngineError as e:
             raise exc.OperationalError(str(e)) from None
         except duckdb.Error as e:
@@ -63,7 +70,9 @@ class Connection:
 
     def cursor(self) -> Cursor:
         self._check_open()
-        return Cursor(self)
+        cursor = Cursor(self)
+        self._cursors.add(cursor)
+        return cursor
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict | None = None) -> Cursor:
         """Shortcut (as in sqlite3): a new cursor that has executed `sql`."""
@@ -77,7 +86,10 @@ class Connection:
             try:
                 report = self.session.refresh()
             except duckdb.Error as e:
-                raise exc.OperationalError(f"could not ingest new records: {e}") from None
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise exc.OperationalError(f"could not ingest new records: {first}") from None
+            except EngineError as e:  # an unreadable runs/ folder, say: one line, no traceback
+                raise exc.OperationalError(str(e)) from None
         for w in caught:
             self.messages.append((exc.Warning, str(w.message)))
             warnings.warn(str(w.message), w.category, stacklevel=3)
@@ -91,6 +103,13 @@ class Connection:
     @replay.setter
     def replay(self, mode: str) -> None:
         self.replay_policy.mode = check_mode(mode)
+
+    def interrupt(self) -> None:
+        """Stop the statements this connection's cursors are running; call it from another
+        thread. Each stopped `execute()` or fetch raises OperationalError ("interrupted"); a
+        cursor with nothing running is left alone."""
+        for cursor in list(self._cursors):
+            cursor._interrupt()
 
     def commit(self) -> None:
         """Nothing to commit: florsql takes no writes. Present for PEP 249."""
@@ -132,6 +151,7 @@ class Cursor:
         self.messages: list[tuple[type, str]] = []
         self.replay_plan: Any = None  # the RetroPlan of the last EXPLAIN REPLAY
         self._result: duckdb.DuckDBPyConnection | None = None
+        self._busy = False  # a statement or a fetch is running in DuckDB
         self._has_rows = False
         self._closed = False
 
@@ -157,12 +177,17 @@ class Cursor:
             if prepared.needs_full_view:  # sqlglot could not rewrite it: a temp view does
                 self._result.execute(
                     f"CREATE OR REPLACE TEMP VIEW history AS {session.full_history_sql()}")
-            # The safety net under _check_read_only: EXPLAIN ANALYZE <write> and the like.
+            # DuckDB's guard of the catalog: no statement in it can write (sandbox.py guards
+            # files and extensions, check_read_only the temp objects this does not cover).
             self._result.execute("BEGIN TRANSACTION READ ONLY")
-            self._result.execute(prepared.sql, parameters)
+            result = self._result
+            self._run(lambda: result.execute(prepared.sql, parameters))
         except duckdb.Error as e:
             self._end_transaction()
-            raise translate(e) from None
+            raise translate(e, sql) from None
+        except KeyboardInterrupt:
+            self._end_transaction()
+            raise
         self.description = describe(self._result.description, kinds[-1])
         self._has_rows = self.description is not None
         self.rowcount = -1
@@ -303,10 +328,24 @@ class Cursor:
         if self._result is None or not self._has_rows:
             raise exc.ProgrammingError(
                 "no result to fetch: call execute() with a query that returns rows first")
+        result = self._result
         try:
-            return take(self._result)
+            return self._run(lambda: take(result))
         except duckdb.Error as e:
             raise translate(e) from None
+
+    def _run(self, work: Callable[[], Any]) -> Any:
+        """`work()` on this cursor's DuckDB connection, stoppable by interrupt() and Ctrl-C."""
+        self._busy = True
+        try:
+            return run_interruptible(self._result, work)
+        finally:
+            self._busy = False
+
+    def _interrupt(self) -> None:
+        result = self._result
+        if self._busy and result is not None:
+            result.interrupt()
 
     def _check_open(self) -> None:
         if self._closed:

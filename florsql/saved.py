@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "queries"
+MAX_QUERY_BYTES = 1024 * 1024  # a saved query is text someone wrote, not data
 _HEADER = re.compile(r"^\s*--\s*(name|description)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 
 
@@ -60,20 +62,36 @@ def query_dirs(project_root: Path | None) -> list[Path]:
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
-def list_queries(project_root: Path | None = None) -> list[SavedQuery]:
-    """Every saved query, the first one of each name winning (project before shipped)."""
+class SavedQueryWarning(UserWarning):
+    """A saved query file was skipped: the others stay usable."""
+
+
+def list_queries(project_root: Path | None = None, *, warn: bool = True) -> list[SavedQuery]:
+    """Every saved query, the first one of each name winning (project before shipped).
+
+    A file that cannot be read or parsed is skipped with one SavedQueryWarning, so one bad
+    file (a colleague's, from a pull) never hides the other queries.
+    """
     found: dict[str, SavedQuery] = {}
     for directory in query_dirs(project_root):
         for path in sorted(directory.glob("*.sql")):
-            query = load_query_file(path)
+            try:
+                query = load_query_file(path)
+            except SavedQueryError as e:
+                if warn:
+                    warnings.warn(f"skipped saved query {e}", SavedQueryWarning, stacklevel=2)
+                continue
             found.setdefault(query.name, query)
     return sorted(found.values(), key=lambda q: q.name)
 
 
 def find_query(name: str, project_root: Path | None = None) -> SavedQuery:
-    queries = {q.name: q for q in list_queries(project_root)}
+    queries = {q.name: q for q in list_queries(project_root, warn=False)}
     if name in queries:
         return queries[name]
+    for directory in query_dirs(project_root):  # the one asked for may be the broken one
+        if (directory / f"{name}.sql").is_file():
+            load_query_file(directory / f"{name}.sql")  # raises the reason
     import difflib
 
     close = difflib.get_close_matches(name, list(queries), n=3)
@@ -82,7 +100,13 @@ def find_query(name: str, project_root: Path | None = None) -> SavedQuery:
 
 
 def load_query_file(path: Path) -> SavedQuery:
-    text = path.read_text()
+    try:
+        if path.stat().st_size > MAX_QUERY_BYTES:
+            raise SavedQueryError(f"{path}: larger than {MAX_QUERY_BYTES // 1024} KiB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise SavedQueryError(f"{path}: cannot read it ({reason})") from None
     header = {}
     for line in text.splitlines():
         match = _HEADER.match(line)

@@ -135,8 +135,8 @@ class Shell:
             return False
         except (CommandError, OSError) as e:
             self.error(str(e))
-        except KeyboardInterrupt:
-            self.error("cancelled")
+        except KeyboardInterrupt:  # Ctrl-C during a statement: DuckDB was told to stop
+            self.error("interrupted")
         return True
 
     def run_text(self, text: str) -> None:
@@ -222,7 +222,7 @@ class Shell:
         """Snapshot the names completion offers: after each statement, not on each key."""
         session = self.conn.session
         try:
-            queries = [q.name for q in list_queries(self.conn.project.root)]
+            queries = [q.name for q in list_queries(self.conn.project.root, warn=False)]
         except SavedQueryError:
             queries = self._catalog[2]
         tables = {t: list(cols) for t, cols in user_tables(session).items() if t != "history"}

@@ -141,7 +141,7 @@ def test_split_statements_keeps_semicolons_in_strings_and_comments() -> None:
 
 
 def test_every_result_of_a_command_prints_in_order(project: Path) -> None:
-    proc = _cli("-c", "SELECT 1 AS a; SET threads = 1; SELECT 2 AS b", str(project),
+    proc = _cli("-c", "SELECT 1 AS a; SET VARIABLE x = 1; SELECT 2 AS b", str(project),
                 "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n\n") == ["a\n1", "b\n2\n"]

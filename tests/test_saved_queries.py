@@ -135,3 +135,27 @@ def test_florsql_run_prints_a_saved_query_and_queries_lists_them(demo: Path, cap
     assert all(name in listing for name in SHIPPED) and ":lr" in listing
     assert main(["run", "runs_above_lr", "--project", str(demo)]) == 1
     assert "missing lr" in capsys.readouterr().err
+
+
+def test_one_bad_saved_query_file_is_skipped_with_a_warning_and_the_others_still_run(
+        demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import warnings
+
+    from florsql.saved import SavedQueryWarning
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "good.sql").write_text("-- name: good\nSELECT 41 + 1 AS answer\n")
+    (queries / "broken.sql").write_text("SELECT (((\n")
+    (queries / "binary.sql").write_bytes(b"SELECT '\xff'\n")
+    monkeypatch.setenv("FLORSQL_QUERIES", str(queries))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = [q.name for q in list_queries(demo)]
+    assert "good" in names and "best_epoch" in names and "broken" not in names
+    skipped = sorted(str(w.message) for w in caught if w.category is SavedQueryWarning)
+    assert len(skipped) == 2 and "binary.sql: cannot read it (not UTF-8 text)" in skipped[0]
+    assert main(["run", "good", str(demo), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["answer", "42"]
+    assert main(["run", "broken", str(demo)]) == 1  # asked for by name: its own error
+    assert "broken.sql: not valid SQL" in capsys.readouterr().err
