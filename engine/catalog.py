@@ -14,9 +14,9 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import CatalogLockedError, IngestWarning
+from .errors import CatalogLockedError, CatalogNotWritableError, IngestWarning
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -45,15 +45,17 @@ CREATE TABLE IF NOT EXISTS replays (
     names VARCHAR[], loop_name VARCHAR, start_iter BIGINT, stop_iter BIGINT
 );
 CREATE TABLE IF NOT EXISTS _ingested (
-    path VARCHAR PRIMARY KEY, size BIGINT, mtime DOUBLE, status VARCHAR, message VARCHAR
+    path VARCHAR PRIMARY KEY, dir VARCHAR, run_dir VARCHAR, kind VARCHAR, size BIGINT,
+    mtime BIGINT, status VARCHAR, message VARCHAR
 );
 CREATE TABLE IF NOT EXISTS _sources (
-    dir VARCHAR PRIMARY KEY, tstamp TIMESTAMP, sealed BOOLEAN, replays_mtime DOUBLE
+    dir VARCHAR PRIMARY KEY, run_dir VARCHAR, tstamp TIMESTAMP, sealed BOOLEAN,
+    signature VARCHAR
 );
 CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS _name_depths (
     name_key VARCHAR, value_name VARCHAR, depth INTEGER, kind VARCHAR, records BIGINT,
-    contexts BIGINT, runs BIGINT, types VARCHAR[]
+    contexts BIGINT, runs BIGINT, types VARCHAR[], over_int64 BIGINT, over_int128 BIGINT
 );
 CREATE TABLE IF NOT EXISTS _loop_dims (loop_name VARCHAR, depth INTEGER);
 CREATE OR REPLACE VIEW loops AS
@@ -102,6 +104,8 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if not read_only:
+        _check_writable(path)
     timeout = float(os.environ.get("FLOR_CATALOG_TIMEOUT", "30"))
     start, delay = time.monotonic(), 0.01
     while True:
@@ -119,12 +123,31 @@ def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             return _rebuild_unreadable(path, exc, read_only)
 
 
+def _check_writable(path: Path) -> None:
+    """DuckDB needs to write the file and a WAL beside it: say so before it fails obscurely."""
+    for target in (path.parent, path):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise CatalogNotWritableError(str(path), _why_not_writable(target))
+
+
+def _why_not_writable(target: Path) -> str:
+    try:
+        read_only_fs = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    return "read-only file system" if read_only_fs else f"no write permission on {target.name}"
+
+
 def _rebuild_unreadable(path: Path, exc: Exception, read_only: bool) -> duckdb.DuckDBPyConnection:
     aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-    os.replace(path, aside)
-    wal = path.with_name(path.name + ".wal")
-    if wal.exists():
-        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    try:
+        os.replace(path, aside)
+        wal = path.with_name(path.name + ".wal")
+        if wal.exists():
+            os.replace(wal, aside.with_name(aside.name + ".wal"))
+    except OSError as err:  # the catalog cannot be moved aside: it is not ours to rebuild
+        reason = str(exc).splitlines()[0][:120] if path.exists() else err.strerror
+        raise CatalogNotWritableError(str(path), reason) from None
     warnings.warn(
         f"catalog {path} was unreadable ({str(exc).splitlines()[0][:120]}); moved it to "
         f"{aside.name} and rebuilding it from the record files",

@@ -21,6 +21,7 @@ from .ingest import IngestReport, ingest_project
 from .names import HistorySchema, load_history_schema, names_are_stale, refresh_names
 from .project import Project, locate_project
 from .rewrite import Rewrite, rewrite_query
+from .sandbox import lock_down
 from .script_names import script_names, scripts_stamp
 
 T = TypeVar("T")
@@ -39,13 +40,26 @@ def _write_lock(path: os.PathLike) -> threading.Lock:
 
 
 class CatalogSession:
-    """One open catalog of one project."""
+    """One open catalog of one project.
 
-    def __init__(self, path: str | os.PathLike = ".") -> None:
+    Its DuckDB instance is locked down (sandbox.py) before any statement: no file access, no
+    extensions, a memory limit (`memory_limit`, else FLORSQL_MEMORY_LIMIT, else half the RAM).
+    """
+
+    def __init__(self, path: str | os.PathLike = ".", memory_limit: str | None = None) -> None:
         self.project: Project = locate_project(path)
         self._lock = _write_lock(self.project.catalog_path)
         with self._lock:
             self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
+            try:
+                lock_down(self.con, memory_limit)
+            except BaseException:
+                self.con.close()
+                raise
+        # Temporary files of crashed writers (kill -9) go with each opening, off this thread.
+        from flor.housekeeping import clean_in_background
+
+        clean_in_background(self.project.home)
         self._schema: HistorySchema | None = None
         self._generation: tuple | None = None
         self._replay_pool = None  # warm replay workers (replay_pool.py), made on first use

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class EngineError(Exception):
     """Root of every engine error."""
@@ -28,6 +30,29 @@ class CatalogLockedError(EngineError):
         )
         self.path = path
         self.waited = waited
+
+
+class CatalogNotWritableError(EngineError):
+    """The catalog cannot be created or updated where the project keeps it (a read-only
+    directory or file system, or no permission)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        directory = os.path.dirname(path)
+        super().__init__(
+            f"cannot write the catalog {path} ({reason}); florsql keeps it beside the record "
+            f"files: make {directory} writable, or query a writable copy of the project"
+        )
+        self.path = path
+        self.reason = reason
+
+
+class ProjectUnreadableError(EngineError):
+    """The flor home or its `runs/` exists but cannot be listed (no permission)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read the flor history at {path} ({reason}); give your user "
+                         "read access to it, or query a readable copy of the project")
+        self.path = path
 
 
 class IngestWarning(UserWarning):

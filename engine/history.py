@@ -16,8 +16,13 @@ from .names import IDENTITY_COLUMNS, HistorySchema, NameInfo
 
 # Forward records outrank replay records; then the later record wins.
 _ORDER_KEY = "CASE WHEN source = 'forward' THEN ord + 4611686018427387904 ELSE ord END"
+# Ints are exact: from the double while it holds them exactly (|x| < 2^53), else from the text.
+# TRY_: a pivot evaluates this on the rows of every name it filters (other names' text, NaN).
+_EXACT_INT = ("CASE WHEN abs(value_num) < 9007199254740992 THEN CAST(value_num AS {0}) "
+              "ELSE TRY_CAST(value_text AS {0}) END")
 _VALUE_EXPR = {
-    "BIGINT": "CAST(value_num AS BIGINT)",
+    "BIGINT": _EXACT_INT.format("BIGINT"),
+    "HUGEINT": _EXACT_INT.format("HUGEINT"),
     "DOUBLE": "value_num",
     "BOOLEAN": "(value_num <> 0)",
     "VARCHAR": "coalesce(value_text, CAST(value_num AS VARCHAR))",
@@ -36,17 +41,21 @@ def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None) -
     needed = {k for ks in dim_levels.values() for k in ks}
     needed |= {k for k in range(1, depth) if per_depth[k]}
     lowest = min(needed, default=None)
+    # Inside the query each value column has a positional alias (_v0, _v1, ...), so no logged
+    # name can meet an internal column (tstamp, ctx_id, source, ...) before the last SELECT.
+    alias = {id(info): f"_v{n}" for n, info in enumerate(values)}
     select = [f"r.{_q(c)}" for c in IDENTITY_COLUMNS]
     select += [f"{_dim_expr(d, dim_levels[d])} AS {_q(d)}" for d in dims]
-    select += [f"{_coalesce(i, depth)} AS {_q(i.column)}" for i in values]
-    joins = _joins(per_depth, depth, lowest)
+    select += [f"{_coalesce(i, depth, alias[id(i)])} AS {_q(i.column)}" for i in values]
+    joins = _joins(per_depth, depth, lowest, alias)
     return f"SELECT {', '.join(select)} FROM runs AS r {joins}"
 
 
-def _joins(per_depth: dict[int, list[NameInfo]], depth: int, lowest: int | None) -> str:
+def _joins(per_depth: dict[int, list[NameInfo]], depth: int, lowest: int | None,
+           alias: dict[int, str]) -> str:
     joins = []
     if depth > 0 and per_depth[depth]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[depth], depth)}) AS v{depth} "
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[depth], depth, alias)}) AS v{depth} "
                      f"ON v{depth}.tstamp = r.tstamp")
         if lowest is not None:
             joins.append(f"LEFT JOIN contexts AS c{depth} ON c{depth}.tstamp = r.tstamp "
@@ -58,24 +67,25 @@ def _joins(per_depth: dict[int, list[NameInfo]], depth: int, lowest: int | None)
         joins.append(f"LEFT JOIN contexts AS c{k} ON c{k}.tstamp = r.tstamp "
                      f"AND c{k}.ctx_id = c{k + 1}.parent_id")
         if per_depth[k]:
-            joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k)}) AS v{k} "
+            joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k, alias)}) AS v{k} "
                          f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = c{k}.ctx_id")
     if per_depth[0]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0)}) AS v0 ON v0.tstamp = r.tstamp")
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0, alias)}) AS v0 "
+                     "ON v0.tstamp = r.tstamp")
     return " ".join(joins)
 
 
-def _pivot(infos: list[NameInfo], depth: int) -> str:
+def _pivot(infos: list[NameInfo], depth: int, alias: dict[int, str]) -> str:
     """One row per (run, context) at `depth` with a column per name."""
     names = sorted({v for i in infos for v in i.variants})
     where = f"depth = {depth} AND value_name IN ({', '.join(_lit(n) for n in names)})"
     if len(infos) == 1 and _no_duplicates(infos[0], depth):
         info = infos[0]
-        return (f"SELECT tstamp, ctx_id, {_VALUE_EXPR[info.sql_type]} AS {_q(info.column)} "
+        return (f"SELECT tstamp, ctx_id, {_VALUE_EXPR[info.sql_type]} AS {alias[id(info)]} "
                 f"FROM logs WHERE {where}")
     cols = [
         f"arg_max({_VALUE_EXPR[i.sql_type]}, {_ORDER_KEY}) FILTER (WHERE value_name IN "
-        f"({', '.join(_lit(v) for v in sorted(i.variants))})) AS {_q(i.column)}"
+        f"({', '.join(_lit(v) for v in sorted(i.variants))})) AS {alias[id(i)]}"
         for i in infos
     ]
     return f"SELECT tstamp, ctx_id, {', '.join(cols)} FROM logs WHERE {where} GROUP BY ALL"
@@ -86,8 +96,8 @@ def _no_duplicates(info: NameInfo, depth: int) -> bool:
     return records == contexts and len(info.variants) == 1
 
 
-def _coalesce(info: NameInfo, depth: int) -> str:
-    sources = [f"v{k}.{_q(info.column)}" for k in range(depth, -1, -1) if k in info.depths]
+def _coalesce(info: NameInfo, depth: int, alias: str) -> str:
+    sources = [f"v{k}.{alias}" for k in range(depth, -1, -1) if k in info.depths]
     if not sources:  # logged by today's script, by no run yet
         return f"CAST(NULL AS {info.sql_type})"
     return sources[0] if len(sources) == 1 else f"COALESCE({', '.join(sources)})"

@@ -1,25 +1,33 @@
-"""Ingest record files into the catalog: incrementally, idempotently, one transaction per source.
+"""Ingest record files into the catalog, so that the catalog always equals what the files say.
 
-A *source* is a run directory (`runs/<key>`) or a replay directory (`runs/<key>/replays/<id>`).
-Each new part is ingested exactly once (its path goes into `_ingested` in the same transaction
-as its rows), so an interrupted ingest leaves nothing half done. A source is *sealed* once its
-end.json was seen before its parts were listed; sealed runs are skipped unless a new replay
-appears under them.
+A run and its replays are synced in one transaction (sources.py lists them), so an
+interrupted ingest leaves nothing half done. Every file is checked before its rows are built
+(validate.py); a bad one is *quarantined* alone: one `IngestWarning` naming it and the fix,
+its rows left out, every other record kept. It is read again once it changes, so a restored
+part is ingested then. New parts are appended; when an ingested part disappears or changes,
+a replay directory is removed or run.json names another tstamp, the run is rebuilt from its
+files, and a run whose directory is gone leaves the catalog. Two run directories claiming one
+tstamp never merge (see `_claim`). A source is *sealed* once its end.json was read before its
+parts were listed and none of its files is quarantined: a run whose sources are all sealed and
+whose signatures are unchanged is not listed again.
 """
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from .errors import IngestWarning
-from .parts import PART_SUFFIXES, PartError, RowBatch, mark_ingested, read_part, rows_of_part
+from .errors import IngestWarning, ProjectUnreadableError
+from .parts import PartError, RowBatch, read_part, rows_of_part
 from .project import Project
-from .status import derive_status, read_json
+from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
+from .sources import Scan, load_file_states, relative, scan_source, signature
+from .status import derive_status
+from .validate import RecordFileError, clean_text, one_line
 
 
 @dataclass
@@ -30,165 +38,253 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
 
 
+# Errors of the catalog or the process, not of a run's files: they stop the ingest.
+_NOT_THE_FILES = (duckdb.OperationalError, duckdb.InterruptException, duckdb.PermissionException,
+                  duckdb.FatalException, duckdb.InternalException, MemoryError)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A row of `_sources`."""
+
+    run_dir: str
+    tstamp: str | None
+    sealed: bool
+    signature: str | None
+
+
 def ingest_project(con: duckdb.DuckDBPyConnection, project: Project) -> IngestReport:
     """Bring the catalog up to date with the record files of `project`."""
-    report = IngestReport()
-    if not project.runs_dir.is_dir():
-        return report
-    sources = {d: (s, m) for d, s, m in con.execute(
-        "SELECT dir, sealed, replays_mtime FROM _sources").fetchall()}
-    done = {p for (p,) in con.execute("SELECT path FROM _ingested").fetchall()}
-    home = project.home
-    for run_dir in sorted(p for p in project.runs_dir.iterdir() if p.is_dir()):
-        rel = run_dir.relative_to(home).as_posix()
-        sealed, seen_mtime = sources.get(rel, (False, None))
-        replays_mtime = _mtime(run_dir / "replays")
-        if not sealed:
-            _ingest_source(con, home, run_dir, done, report, replay=False)
-        if replays_mtime != seen_mtime:
-            for rdir in sorted((run_dir / "replays").iterdir()):
-                rrel = rdir.relative_to(home).as_posix()
-                if rdir.is_dir() and not sources.get(rrel, (False, None))[0]:
-                    _ingest_source(con, home, rdir, done, report, replay=True)
-            con.execute("UPDATE _sources SET replays_mtime = ? WHERE dir = ?",
-                        [replays_mtime, rel])
-    for rrel, (sealed, _) in sources.items():
-        if "/replays/" in rrel and not sealed and (home / rrel).is_dir():
-            _ingest_source(con, home, home / rrel, done, report, replay=True)
-    if report.sources:  # what derived facts are keyed on (CatalogSession.derived)
+    known = _load_sources(con)
+    by_run: dict[str, dict[str, _Source]] = {}
+    for path, source in known.items():
+        by_run.setdefault(source.run_dir, {})[path] = source
+    on_disk = _run_dirs(project.runs_dir)
+    ingest = _Pass(con, project.home, IngestReport(), _owners(known))
+    for rel in sorted(by_run.keys() - {relative(d, ingest.home) for d in on_disk}):  # deleted
+        previous = _disown(ingest.owners, rel, _tstamp_of(known, rel))
+        _in_transaction(con, lambda rel=rel, previous=previous: drop_run(
+            con, rel, previous, keep_quarantined=False))
+        ingest.report.sources += 1
+    for run_dir in on_disk:
+        mine = by_run.get(relative(run_dir, ingest.home), {})
+        if not _settled(ingest.home, run_dir, mine):
+            _sync_run_safely(ingest, run_dir, mine)
+    if ingest.report.sources:  # what derived facts are keyed on (CatalogSession.derived)
         con.execute("INSERT OR REPLACE INTO _meta SELECT 'data_version', CAST(coalesce(max("
                     "CAST(value AS BIGINT)), 0) + 1 AS VARCHAR) FROM _meta "
                     "WHERE key = 'data_version'")
-    return report
+    return ingest.report
 
 
-def _ingest_source(con, home: Path, src: Path, done: set[str], report: IngestReport,
-                   replay: bool) -> None:
-    ident_file = src / ("replay.json" if replay else "run.json")
-    run_dir = src.parent.parent if replay else src
+@dataclass
+class _Pass:
+    """One ingest: the catalog, the flor home, what it did, and which run holds each tstamp."""
+
+    con: duckdb.DuckDBPyConnection
+    home: Path
+    report: IngestReport
+    owners: dict[str, str]  # tstamp -> the run directory holding it, kept current in the pass
+
+
+def _sync_run_safely(ingest: _Pass, run_dir: Path, mine: dict[str, _Source]) -> None:
+    """Sync one run; whatever goes wrong with its files leaves the other runs unaffected."""
+    con = ingest.con
+    quarantine = Quarantine(con, ingest.home, relative(run_dir, ingest.home))
     try:
-        ident = read_json(ident_file)
-        run = ident if not replay else read_json(run_dir / "run.json")
-    except FileNotFoundError:
-        return  # still being created
-    except (OSError, ValueError) as exc:
-        _warn(report, f"skipped {ident_file}: unreadable ({exc}); fix or remove that directory")
-        return
-    end = _read_optional(src / "end.json")  # read before listing parts: see module docstring
-    tstamp = run["tstamp"]
-    con.execute("BEGIN")
-    try:
-        if not replay:
-            _upsert_run(con, run, src, end)
-        else:
-            _upsert_replay(con, tstamp, ident, src, end)
-        _ingest_parts(con, home, src, tstamp, done, report, "replay" if replay else "forward")
-        if not replay:
-            _ingest_checkpoints(con, home, src, tstamp, done)
-        con.execute(
-            "INSERT OR REPLACE INTO _sources VALUES (?, ?, ?, "
-            "(SELECT replays_mtime FROM _sources WHERE dir = ?))",
-            [src.relative_to(home).as_posix(), tstamp, end is not None,
-             src.relative_to(home).as_posix()],
-        )
-        con.execute("COMMIT")
-        report.sources += 1
-    except BaseException:
-        con.execute("ROLLBACK")
+        _in_transaction(con, lambda: _sync_run(ingest, run_dir, mine, quarantine))
+    except _NOT_THE_FILES:
         raise
+    except Exception as exc:  # a file shape validate.py does not know yet: skip this run
+        reason = f"{type(exc).__name__}: {one_line(exc, 100)}"
+        _in_transaction(con, lambda: quarantine.run_failed(run_dir, reason))
+        ingest.owners = _owners(_load_sources(con))  # as the rollback left them
+    ingest.report.warnings.extend(quarantine.new_warnings)
+    for message in quarantine.new_warnings:
+        warnings.warn(message, IngestWarning, stacklevel=4)
 
 
-def _upsert_run(con, run: dict, src: Path, end: dict | None) -> None:
-    status, _, error = derive_status(run, end, src / "heartbeat")
-    end_time = end.get("end_time") if end else None
+def _sync_run(ingest: _Pass, run_dir: Path, mine: dict[str, _Source],
+              quarantine: Quarantine) -> None:
+    con, rel = ingest.con, quarantine.run_rel
+    previous = _disown(ingest.owners, rel, _tstamp_of(mine, rel))
+    try:
+        scans = _scan_run(con, ingest.home, run_dir, fresh=not mine)
+    except RecordFileError as exc:
+        quarantine.source(run_dir, str(exc), previous)
+        return
+    run = scans[0]
+    if run.ident is None:  # run.json missing (still being made) or unusable
+        quarantine.source(run_dir, run.ident_problem, previous)
+        return
+    if not _claim(ingest, run, quarantine, previous):
+        return
+    if previous is not None and (previous != run.ident["tstamp"] or any(s.stale() for s in scans)
+                                 or _replays_lost(mine, scans)):
+        drop_run(con, rel, previous, keep_quarantined=True)  # rebuilt from its files
+        scans, previous = _scan_run(con, ingest.home, run_dir, fresh=False), None
+    _write_run(con, scans, mine, quarantine, ingest.report, fresh=previous is None)
+
+
+def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Quarantine,
+               report: IngestReport, fresh: bool) -> None:
+    run = scans[0]
+    tstamp = run.ident["tstamp"]
+    ctx_map = {} if fresh else dict(con.execute(
+        "SELECT path, ctx_id FROM contexts WHERE tstamp = CAST(? AS TIMESTAMP)",
+        [tstamp]).fetchall())
+    for scan in scans:
+        if scan.replay and scan.ident is None:
+            quarantine.replay(scan, tstamp)
+            continue
+        quarantine.settle_files(scan)
+        _upsert_replay(con, tstamp, scan) if scan.replay else _upsert_run(con, scan)
+        changed = _ingest_parts(con, scan, tstamp, ctx_map, quarantine, report)
+        if not scan.replay:
+            changed |= sync_checkpoints(con, scan, tstamp, quarantine)
+        source = _Source(run.rel, tstamp, scan.end is not None and not quarantine.holds(scan),
+                         scan.signature)
+        con.execute("INSERT OR REPLACE INTO _sources VALUES (?, ?, CAST(? AS TIMESTAMP), ?, ?)",
+                    [scan.rel, run.rel, tstamp, source.sealed, scan.signature])
+        # a live source may change status with time alone; a quarantined one only by its files
+        live = not source.sealed and not quarantine.holds(scan)
+        if changed or live or mine.get(scan.rel) != source:
+            report.sources += 1
+
+
+def _ingest_parts(con, scan: Scan, tstamp: str, ctx_map: dict[str, int],
+                  quarantine: Quarantine, report: IngestReport) -> bool:
+    """Add the rows of the source's new parts; whether there were any."""
+    batch = RowBatch(tstamp=tstamp, source="replay" if scan.replay else "forward")
+    ok, new = [], scan.new_parts()
+    for rel in new:
+        item = scan.parts[rel]
+        try:
+            rows_of_part(read_part(item.path), batch, ctx_map)
+        except PartError as exc:
+            quarantine.part(scan, rel, item, str(exc))
+        else:
+            report.parts += 1
+            ok.append((rel, item))
+    report.records += batch.count
+    batch.insert_into(con)
+    record_ok(con, scan, "part", ok)
+    return bool(new)
+
+
+def _scan_run(con, home: Path, run_dir: Path, fresh: bool) -> list[Scan]:
+    """The run's own directory first, then its replays, each with what the catalog knows
+    (nothing, for a run the catalog has no source of: `fresh`)."""
+    dirs = [(run_dir, False)]
+    replays = run_dir / "replays"
+    if replays.is_dir():
+        dirs += [(d, True) for d in sorted(replays.iterdir()) if d.is_dir()]
+    return [scan_source(home, d, replay, {} if fresh else load_file_states(con, relative(d, home)))
+            for d, replay in dirs]
+
+
+def _claim(ingest: _Pass, run: Scan, quarantine: Quarantine, previous: str | None) -> bool:
+    """Whether `run` may hold its tstamp. Two run directories never merge: the one named after
+    the tstamp (flor names each run's directory so) keeps it, else the first by name; the
+    other is quarantined, and ingested again once it has a tstamp of its own."""
+    tstamp = run.ident["tstamp"]
+    other = ingest.owners.get(tstamp)
+    if other is not None and not _preferred(run.rel, other, tstamp):
+        quarantine.duplicate(run.src, other, tstamp, previous=previous)
+        return False
+    if other is not None:
+        quarantine.duplicate(ingest.home / other, run.rel, tstamp, previous=tstamp)
+    ingest.owners[tstamp] = run.rel
+    return True
+
+
+def _preferred(rel: str, other: str, tstamp: str) -> bool:
+    named = dt.datetime.fromisoformat(tstamp).strftime("%Y%m%dT%H%M%S.%f")
+    mine, theirs = rel.rsplit("/", 1)[-1] == named, other.rsplit("/", 1)[-1] == named
+    return mine if mine != theirs else rel < other
+
+
+def _upsert_run(con, scan: Scan) -> None:
+    run, end = scan.ident, scan.end
+    status, _, error = derive_status(run, end, scan.src / "heartbeat")
     con.execute(
         "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [run["projid"], run["runid"], run["tstamp"], run["vid"], run["filename"],
-         run.get("argv", []), status, run.get("start_time"), end_time, error,
-         run.get("pid"), run.get("hostname"), str(src)],
+        [run["projid"], run["runid"], run["tstamp"], run["vid"], run["filename"], run["argv"],
+         status, run["start_time"], end and end["end_time"], error, run["pid"],
+         run["hostname"], clean_text(str(scan.src))],
     )
 
 
-def _upsert_replay(con, tstamp: str, ident: dict, src: Path, end: dict | None) -> None:
-    status = end.get("status") if end else derive_status(ident, None, src / "heartbeat")[0]
-    con.execute("DELETE FROM replays WHERE replay_id = ? AND tstamp = ?",
+def _upsert_replay(con, tstamp: str, scan: Scan) -> None:
+    ident, end = scan.ident, scan.end
+    status = end["status"] if end else derive_status(ident, None, scan.src / "heartbeat")[0]
+    con.execute("DELETE FROM replays WHERE replay_id = ? AND tstamp = CAST(? AS TIMESTAMP)",
                 [ident["replay_id"], tstamp])
     con.execute("INSERT INTO replays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [tstamp, ident["replay_id"], status, end and end.get("end_time"),
-                 end and end.get("error"), ident.get("names"), ident.get("loop"),
-                 ident.get("start"), ident.get("stop")])
+                [tstamp, ident["replay_id"], status, end and end["end_time"],
+                 end and end["error"], ident["names"], ident["loop"], ident["start"],
+                 ident["stop"]])
 
 
-def _ingest_parts(con, home: Path, src: Path, tstamp: str, done: set[str],
-                  report: IngestReport, source: str) -> None:
-    parts_dir = src / "parts"
-    if not parts_dir.is_dir():
-        return
-    new = sorted(p for p in parts_dir.glob("[0-9]*.*") if p.suffix in PART_SUFFIXES
-                 and p.relative_to(home).as_posix() not in done)
-    if not new:
-        return
-    ctx_map = dict(con.execute(
-        "SELECT path, ctx_id FROM contexts WHERE tstamp = ?", [tstamp]).fetchall())
-    batch = RowBatch(tstamp=tstamp, source=source)
-    ingested: list[tuple] = []
-    for part in new:
-        rel = part.relative_to(home).as_posix()
-        stat = part.stat()
-        try:
-            rows_of_part(read_part(part), batch, ctx_map)
-        except PartError as exc:
-            _warn(report, f"skipped corrupt record part {rel} ({exc}); other parts are "
-                          "unaffected: restore or delete that file")
-            ingested.append((rel, stat.st_size, stat.st_mtime, "corrupt", str(exc)))
-        else:
-            report.parts += 1
-            ingested.append((rel, stat.st_size, stat.st_mtime, "ok", None))
-        done.add(rel)
-    report.records += batch.count
-    batch.insert_into(con)
-    mark_ingested(con, ingested)
+def _settled(home: Path, run_dir: Path, mine: dict[str, _Source]) -> bool:
+    """A run nothing can have changed in: every source sealed, every signature the same."""
+    rel = relative(run_dir, home)
+    if rel not in mine or not all(s.sealed for s in mine.values()):
+        return False
+    if signature(run_dir) != mine[rel].signature:
+        return False  # includes replays/: a replay directory added or removed
+    return all(signature(home / d) == s.signature
+               for d, s in mine.items() if d != rel)
 
 
-def _ingest_checkpoints(con, home: Path, src: Path, tstamp: str, done: set[str]) -> None:
-    ckpt_dir = src / "ckpt"
-    if not ckpt_dir.is_dir():
-        return
-    for (path,) in con.execute("SELECT path FROM checkpoints WHERE tstamp = ?",
-                               [tstamp]).fetchall():
-        if not (ckpt_dir / (Path(path).stem + ".json")).exists():  # FLOR_CHECKPOINT_KEEP
-            con.execute("DELETE FROM checkpoints WHERE tstamp = ? AND path = ?", [tstamp, path])
-    for entry in sorted(ckpt_dir.glob("*.json")):
-        rel = entry.relative_to(home).as_posix()
-        if rel in done:
-            continue
-        try:
-            doc = json.loads(entry.read_text())
-        except (OSError, ValueError):
-            continue  # entries are written atomically; a bad one is retried next time
-        con.execute(
-            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, to_timestamp(?))",
-            [tstamp, doc["loop"], doc["iteration"], str(ckpt_dir / doc["file"]), doc["bytes"],
-             doc["seconds"], doc["blocked_seconds"], doc["time"]],
-        )
-        mark_ingested(con, [(rel, None, None, "ok", None)])
-        done.add(rel)
+def _replays_lost(mine: dict[str, _Source], scans: list[Scan]) -> bool:
+    """A replay whose rows are in the catalog is gone, or its replay.json became unusable."""
+    listed = {s.rel for s in scans}
+    return any(d not in listed for d in mine) or any(
+        s.replay and s.ident is None and any(f.status == "ok" for f in s.known.values())
+        for s in scans)
 
 
-def _read_optional(path: Path) -> dict | None:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
+def _load_sources(con) -> dict[str, _Source]:
+    rows = con.execute("SELECT dir, run_dir, tstamp, sealed, signature FROM _sources").fetchall()
+    return {d: _Source(run, t and t.isoformat(timespec="microseconds"), bool(sealed), sig)
+            for d, run, t, sealed, sig in rows}
+
+
+def _owners(known: dict[str, _Source]) -> dict[str, str]:
+    return {s.tstamp: path for path, s in known.items() if path == s.run_dir and s.tstamp}
+
+
+def _disown(owners: dict[str, str], rel: str, previous: str | None) -> str | None:
+    """Forget the tstamp `rel` held (its run.json is read again, and may name another), and
+    return it: the tstamp of the rows `rel` has in the catalog. None when a run that took
+    that tstamp over earlier in this pass dropped them: those rows are the taker's now."""
+    if previous is None or owners.get(previous, rel) != rel:
         return None
+    owners.pop(previous, None)
+    return previous
 
 
-def _mtime(path: Path) -> float | None:
+def _tstamp_of(sources: dict[str, _Source], rel: str) -> str | None:
+    source = sources.get(rel)
+    return source.tstamp if source else None
+
+
+def _run_dirs(runs_dir: Path) -> list[Path]:
     try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+        return sorted(p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir())
+    except FileNotFoundError:  # no runs yet, or runs/ was removed: no run is left
+        return []
+    except OSError as exc:  # never mistake an unreadable runs/ for one without runs
+        raise ProjectUnreadableError(str(runs_dir), exc.strerror or str(exc)) from None
 
 
-def _warn(report: IngestReport, message: str) -> None:
-    report.warnings.append(message)
-    warnings.warn(message, IngestWarning, stacklevel=4)
+def _in_transaction(con, work) -> None:
+    con.execute("BEGIN")
+    try:
+        work()
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+

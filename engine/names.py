@@ -1,9 +1,15 @@
 """What has been logged: every value name with its depths, types and counts, and the loop dims.
 
 Refreshed after an ingest that added records; read by the `history` builder and the shell.
-Typing rule for a name's `history` column (nulls ignored): all ints -> BIGINT; ints and floats
--> DOUBLE; all bools -> BOOLEAN; anything else (strings, JSON, a mix with bools) -> VARCHAR,
-holding the exact text (`repr` of numbers, `true`/`false`, JSON). No values yet -> DOUBLE.
+Typing rule for a name's `history` column (nulls ignored): all ints -> BIGINT, or HUGEINT once
+one does not fit 64 bits, or DOUBLE (approximate) once one does not fit 128 bits; ints and
+floats -> DOUBLE; all bools -> BOOLEAN; anything else (strings, JSON, a mix with bools) ->
+VARCHAR, holding the exact text (`repr` of numbers, `true`/`false`, JSON). No values yet ->
+DOUBLE.
+
+Naming rule (`history_columns`): a logged name is its own column unless it equals, ignoring
+case, a run identity column or a loop dimension; then it is `<name>_value`, with `_value`
+repeated while that is taken too. Names that differ only by case share a column.
 """
 
 from __future__ import annotations
@@ -14,13 +20,19 @@ from dataclasses import dataclass, field
 import duckdb
 
 IDENTITY_COLUMNS = ("projid", "runid", "tstamp", "vid", "filename")
+RENAME_SUFFIX = "_value"
 
 REFRESH_SQL = """
 DELETE FROM _name_depths;
 INSERT INTO _name_depths
 SELECT lower(value_name) AS name_key, value_name, depth, kind,
        count(*) AS records, count(DISTINCT (tstamp, ctx_id)) AS contexts,
-       count(DISTINCT tstamp) AS runs, list(DISTINCT value_type) AS types
+       count(DISTINCT tstamp) AS runs, list(DISTINCT value_type) AS types,
+       -- the exact test (a cast of the text) runs only on ints too large for the double test
+       count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 9.2e18
+                        AND TRY_CAST(value_text AS BIGINT) IS NULL) AS over_int64,
+       count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 1.7e38
+                        AND TRY_CAST(value_text AS HUGEINT) IS NULL) AS over_int128
 FROM logs GROUP BY ALL;
 DELETE FROM _loop_dims;
 INSERT INTO _loop_dims
@@ -42,6 +54,8 @@ class NameInfo:
     depths: dict[int, tuple[int, int]] = field(default_factory=dict)  # depth -> records, contexts
     is_arg: bool = False
     runs: int = 0
+    over_int64: int = 0  # int values that do not fit BIGINT
+    over_int128: int = 0  # ... nor HUGEINT
 
     @property
     def max_depth(self) -> int:
@@ -50,8 +64,10 @@ class NameInfo:
     @property
     def sql_type(self) -> str:
         kinds = self.types - {"null"}
+        if kinds == {"int"}:
+            return "DOUBLE" if self.over_int128 else "HUGEINT" if self.over_int64 else "BIGINT"
         if not kinds or kinds <= {"int", "float"}:
-            return "BIGINT" if kinds == {"int"} else "DOUBLE"
+            return "DOUBLE"
         return "BOOLEAN" if kinds == {"bool"} else "VARCHAR"
 
 
@@ -74,6 +90,14 @@ class HistorySchema:
     @property
     def columns_lower(self) -> set[str]:
         return {c.lower() for c in self.columns()}
+
+    def column_of(self, name: str) -> str | None:
+        """The `history` column holding the logged name `name` (see the naming rule)."""
+        key = name.lower()
+        for info in self.values.values():
+            if any(v.lower() == key for v in info.variants):
+                return info.column
+        return None
 
     def columns(self) -> dict[str, str]:
         """Column name -> SQL type, in display order: identity, loop dims, args, logged names."""
@@ -103,13 +127,13 @@ def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
     for name, depth in con.execute("SELECT loop_name, depth FROM _loop_dims").fetchall():
         dim_depths.setdefault(name, set()).add(depth)
     dims = {name: max(depths) for name, depths in dim_depths.items()}
-    taken = {c.lower() for c in IDENTITY_COLUMNS} | {d.lower() for d in dims}
-    values: dict[str, NameInfo] = {}
     rows = con.execute(
-        "SELECT name_key, value_name, depth, kind, records, contexts, runs, types "
-        "FROM _name_depths ORDER BY value_name").fetchall()
-    for key, name, depth, kind, records, contexts, runs, types in rows:
-        column = f"{name}_value" if key in taken else name  # a loop dim keeps its own name
+        "SELECT name_key, value_name, depth, kind, records, contexts, runs, types, over_int64, "
+        "over_int128 FROM _name_depths ORDER BY value_name").fetchall()
+    column_of = history_columns((row[1] for row in rows), dims)
+    values: dict[str, NameInfo] = {}
+    for key, name, depth, kind, records, contexts, runs, types, over64, over128 in rows:
+        column = column_of[key]
         info = values.setdefault(column.lower(), NameInfo(column=column))
         info.variants.add(name)
         info.types.update(types)
@@ -117,4 +141,28 @@ def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
         info.depths[depth] = (old_records + records, old_contexts + contexts)
         info.is_arg = info.is_arg or kind == "arg"
         info.runs = max(info.runs, runs)
+        info.over_int64 += over64
+        info.over_int128 += over128
     return HistorySchema(dims=dims, values=values, dim_depths=dim_depths)
+
+
+def history_columns(names: Iterable[str], dims: Iterable[str]) -> dict[str, str]:
+    """Lower-cased logged name -> its `history` column, by the naming rule (module docstring).
+
+    A name that collides keeps its spelling (the first, in sorted order, of its case variants)
+    plus `_value`; names that do not collide are served first, so `epoch_value` logged as such
+    keeps its name and a logged `epoch` becomes `epoch_value_value`.
+    """
+    spelling: dict[str, str] = {}
+    for name in sorted(names):
+        spelling.setdefault(name.lower(), name)
+    reserved = {c.lower() for c in IDENTITY_COLUMNS} | {d.lower() for d in dims}
+    columns = {key: name for key, name in spelling.items() if key not in reserved}
+    taken = reserved | set(columns)
+    for key in sorted(k for k in spelling if k in reserved):
+        column = spelling[key] + RENAME_SUFFIX
+        while column.lower() in taken:
+            column += RENAME_SUFFIX
+        columns[key] = column
+        taken.add(column.lower())
+    return columns

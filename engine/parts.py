@@ -5,8 +5,10 @@ iteration]` of the contexts they use (ids local to the part, 0 = run level), the
 as `[name, value]` and outer-loop `iterations` as `[loop_name, iteration, seconds]`. Format
 flor-part/2 (`NNNNNN.json`) stores them as JSON lists; flor-part/3 (`NNNNNN.part`, written
 since 0.4; layout in `flor.part_encode`) stores them as binary columns, and `read_part` turns
-it into the same lists. Contexts are matched to the catalog by path
-(`epoch=2/step=13`), so replays attach to the same contexts as the forward run.
+it into the same lists. Both are first decoded to header tables plus numpy columns and checked
+as a whole (`validate.check_part`); a part that fails is a `PartError`, which ingest
+quarantines. Contexts are matched to the catalog by path (`epoch=2/step=13`), so replays
+attach to the same contexts as the forward run.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .validate import RecordFileError, check_int, check_part, clean_text, one_line, parse_json
+
 BINARY_MAGIC = b"FLORPART3\n"  # flor.part_encode.MAGIC
-PART_SUFFIXES = (".part", ".json")  # flor-part/3, flor-part/2
-_BINARY_DTYPES = frozenset({"<u4", "<i8", "<f8", "u1"})
+_COLUMN_DTYPES = {"parent": "<u4", "loop": "<u4", "iteration": "<i8", "ctx": "<u4", "name": "<u4",
+                  "kind": "u1", "floats": "<f8"}  # as flor.part_encode writes them
 _ORD_STRIDE = 10_000_000  # ord = part seq * stride + position: "last value wins" order
 _LOG_COLUMNS = ("ctx_id", "depth", "value_name", "value_type", "value_num", "value_text",
                 "kind", "ord")
 _CTX_COLUMNS = ("ctx_id", "depth", "path", "parent_id", "loop_name", "iteration")
 
 
-class PartError(ValueError):
+class PartError(RecordFileError):
     """A record part is unreadable or not in the expected format."""
 
 
@@ -57,68 +61,104 @@ class RowBatch:
     def insert_into(self, con: Any) -> None:
         """Append the rows through Arrow (executemany is far too slow for log volumes)."""
         if self.count:
-            logs_batch = pa.table(self.logs)  # noqa: F841  (read by DuckDB's replacement scan)
-            con.execute(
-                "INSERT INTO logs SELECT CAST(? AS TIMESTAMP), ctx_id, depth, value_name, "
-                "value_type, value_num, value_text, kind, ?, ord FROM logs_batch",
-                [self.tstamp, self.source],
-            )
+            insert_arrow(con, pa.table(self.logs),
+                         "INSERT INTO logs SELECT CAST(? AS TIMESTAMP), ctx_id, depth, "
+                         "value_name, value_type, value_num, value_text, kind, ?, ord FROM {}",
+                         [self.tstamp, self.source])
         _append(con, "contexts", _CTX_COLUMNS, self.tstamp, self.contexts)
         _append(con, "iterations", ("loop_name", "iteration", "seconds", "source"),
                 self.tstamp, self.iterations)
 
 
 def read_part(path: Path) -> dict:
-    """A part as a flor-part/2 style document (columns as lists), whatever its format."""
+    """A part as a flor-part/2 style document (columns as lists), whatever its format.
+
+    The part is decoded to header tables plus numpy columns, checked as a whole
+    (`validate.check_part`), and only then expanded to one list item per record.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PartError(f"unreadable: {exc}") from None
-    if data.startswith(BINARY_MAGIC):
-        try:
-            return _lists_of_binary(data)
-        except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
-            raise PartError(f"malformed binary part: {exc!r}"[:120]) from None
+        raise PartError(f"unreadable: {one_line(exc)}") from None
     try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise PartError(f"not valid JSON: {str(exc)[:80]}") from None
-    if not isinstance(doc, dict) or doc.get("format") != "flor-part/2":
-        raise PartError("not a flor-part/2 or flor-part/3 file")
-    return doc
+        if data.startswith(BINARY_MAGIC):
+            header, cols = _binary_columns(data)
+        else:
+            header, cols = _v2_columns(parse_json(data))
+        return _expanded(check_part(header, cols, _ORD_STRIDE), cols)
+    except PartError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError,
+            struct.error) as exc:
+        raise PartError(f"malformed part: {one_line(exc, 100)}") from None
 
 
-def _lists_of_binary(data: bytes) -> dict:
-    """Decode a flor-part/3 file: header, then its binary columns, into plain lists."""
+def _binary_columns(data: bytes) -> tuple[dict, dict]:
+    """Split a flor-part/3 file into its JSON header and its binary columns (numpy views)."""
     (size,) = struct.unpack_from("<I", data, len(BINARY_MAGIC))
     start = len(BINARY_MAGIC) + 4
-    header = json.loads(data[start:start + size])
-    if header.get("format") != "flor-part/3":
-        raise ValueError("header is not flor-part/3")
+    header = parse_json(data[start:start + size])
+    if not isinstance(header, dict) or header.get("format") != "flor-part/3":
+        raise ValueError("the header is not a flor-part/3 object")
     offset, cols = start + size, {}
     for name, dtype, count in header["columns"]:
-        if dtype not in _BINARY_DTYPES or not isinstance(count, int) or count < 0:
-            raise ValueError(f"bad column {name!r}: {dtype!r} x {count!r}")
-        cols[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).tolist()
+        if _COLUMN_DTYPES.get(name) != dtype or type(count) is not int or count < 0:
+            raise ValueError(f"bad column {name!r:.20}: {dtype!r:.10} x {count!r:.20}")
+        cols[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
         offset += np.dtype(dtype).itemsize * count
     if offset != len(data):
         raise ValueError(f"{len(data) - offset} bytes after the last column")
+    return header, cols
+
+
+def _v2_columns(doc: object) -> tuple[dict, dict]:
+    """A flor-part/2 document (JSON lists, explicit context ids) in flor-part/3's shape."""
+    if not isinstance(doc, dict) or doc.get("format") != "flor-part/2":
+        raise PartError("not a flor-part/2 or flor-part/3 file")
+    local: dict = {0: 0}
+    loops: dict = {}
+    parents, loop_ids, iterations = [], [], []
+    for cid, parent, loop, iteration in doc["contexts"]:
+        if cid in local:
+            raise ValueError(f"context {cid!r:.20} defined twice")
+        parents.append(local[parent])
+        loop_ids.append(loops.setdefault(loop, len(loops)))
+        iterations.append(check_int(iteration, "iteration", low=0))
+        local[cid] = len(parents)
+    names: dict = {}
+    name_ids = [names.setdefault(n, len(names)) for n in doc["name"]]
+    values = doc["value"]
+    kind = [0 if type(v) is float else 1 for v in values]
+    header = {**doc, "loops": list(loops), "names": list(names),
+              "values": [v for v in values if type(v) is not float]}
+    cols = {"parent": _ints(parents), "loop": _ints(loop_ids), "iteration": _ints(iterations),
+            "ctx": _ints([local[c] for c in doc["ctx"]]), "name": _ints(name_ids),
+            "kind": np.array(kind, dtype=np.uint8),
+            "floats": np.array([v for v in values if type(v) is float], dtype=np.float64)}
+    return header, cols
+
+
+def _expanded(header: dict, cols: dict) -> dict:
+    """The checked part as lists: context definitions, and one item per record."""
     loops, names = header["loops"], header["names"]
-    defs = [[i + 1, p, loops[n], it] for i, (p, n, it) in
-            enumerate(zip(cols["parent"], cols["loop"], cols["iteration"], strict=True))]
-    name_col = [names[i] for i in cols["name"]]
-    return {**header, "contexts": defs, "ctx": cols["ctx"], "name": name_col,
-            "value": _merged_values(cols, header["values"], len(name_col))}
+    defs = [[i + 1, p, loops[n], it] for i, (p, n, it) in enumerate(zip(
+        cols["parent"].tolist(), cols["loop"].tolist(), cols["iteration"].tolist(),
+        strict=True))]
+    name_col = [names[i] for i in cols["name"].tolist()]
+    return {**header, "contexts": defs, "ctx": cols["ctx"].tolist(), "name": name_col,
+            "value": _merged_values(cols, header["values"])}
 
 
-def _merged_values(cols: dict, others: list, count: int) -> list:
-    floats, kinds = cols["floats"], cols.get("kind")
+def _merged_values(cols: dict, others: list) -> list:
+    floats, kinds = cols["floats"].tolist(), cols.get("kind")
     if kinds is None:
         return floats
-    if len(kinds) != count or len(others) != sum(kinds) or len(floats) + len(others) != count:
-        raise ValueError("value columns do not add up")
     next_float, next_other = iter(floats).__next__, iter(others).__next__
-    return [next_other() if k else next_float() for k in kinds]
+    return [next_other() if k else next_float() for k in kinds.tolist()]
+
+
+def _ints(values: list) -> np.ndarray:
+    return np.array(values, dtype=np.int64).reshape(-1)
 
 
 def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
@@ -141,15 +181,10 @@ def rows_of_part(doc: dict, batch: RowBatch, ctx_map: dict[str, int]) -> None:
                     range(base - 1, base - 1 - len(args), -1))
         staged.iterations = [(n, int(i), float(s), batch.source)
                              for n, i, s in doc.get("iterations", [])]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise PartError(f"malformed records: {exc!r}"[:120]) from None
+    except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+        raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
     ctx_map.update(known)
     batch.extend(staged)
-
-
-def mark_ingested(con: Any, rows: list[tuple]) -> None:
-    """Record ingested files (path, size, mtime, status, message) in one statement."""
-    _append(con, "_ingested", ("path", "size", "mtime", "status", "message"), None, rows)
 
 
 def _contexts(defs: list, batch: RowBatch, ctx_map: dict[str, int]) -> dict[int, tuple]:
@@ -204,8 +239,8 @@ def _typed(value: Any) -> tuple[str, float | None, str | None]:
     if isinstance(value, float):
         return "float", value, None
     if isinstance(value, str):
-        return "str", None, value
-    return "json", None, json.dumps(value)
+        return "str", None, clean_text(value)
+    return "json", None, json.dumps(value)  # ASCII: any surrogate becomes a JSON escape
 
 
 def _as_double(value: int) -> float:
@@ -218,7 +253,18 @@ def _as_double(value: int) -> float:
 def _append(con: Any, table: str, columns: tuple, tstamp: str | None, rows: list[tuple]) -> None:
     if not rows:
         return
-    rows_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})  # noqa: F841
+    rows_batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
     lead = "CAST(? AS TIMESTAMP), " if tstamp is not None else ""
-    con.execute(f"INSERT INTO {table} SELECT {lead}{', '.join(columns)} FROM rows_batch",
-                [tstamp] if tstamp is not None else [])
+    sql = f"INSERT INTO {table} SELECT {lead}{', '.join(columns)} FROM {{}}"
+    insert_arrow(con, rows_batch, sql, [tstamp] if tstamp is not None else [])
+
+
+def insert_arrow(con: Any, batch: pa.Table, sql: str, params: list) -> None:
+    """Run `sql` (an INSERT reading `{}`) over `batch`, registered for this statement only:
+    the query sandbox turns DuckDB's scans of Python variables off."""
+    name = "_florsql_ingest_batch"
+    con.register(name, batch)
+    try:
+        con.execute(sql.format(name), params)
+    finally:
+        con.unregister(name)

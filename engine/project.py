@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProjectNotFoundError
+from .errors import ProjectNotFoundError, ProjectUnreadableError
 
 CATALOG_NAME = "catalog.duckdb"
 
@@ -35,7 +35,16 @@ def locate_project(path: str | os.PathLike = ".") -> Project:
     home = Path(env).expanduser().resolve() if env else root / ".flor"
     if not home.is_dir():
         raise ProjectNotFoundError(str(root))
+    _check_readable(home)
     return Project(root=root, home=home)
+
+
+def _check_readable(home: Path) -> None:
+    """Ingest must list every run: an unreadable `runs/` would look like a project whose
+    runs were all deleted, so refuse it up front."""
+    for folder in (home, home / "runs"):
+        if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
+            raise ProjectUnreadableError(str(folder), "no read permission")
 
 
 def _git_toplevel(start: Path) -> Path | None:
