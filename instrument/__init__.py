@@ -18,6 +18,7 @@ from .errors import (
     FlorNameError,
     FlorReplayError,
     FlorRepoError,
+    FlorStorageError,
     FlorWarning,
 )
 from .hindsight import replay
@@ -32,6 +33,7 @@ __all__ = [
     "FlorNameError",
     "FlorRepoError",
     "FlorReplayError",
+    "FlorStorageError",
     "FlorWarning",
     "arg",
     "checkpointing",

@@ -17,7 +17,7 @@ from .errors import FlorWarning
 from .loops import iterate
 from .recorder import Recorder
 from .run import Session, install_exit_hooks
-from .values import is_unsupported, refusal_reason, to_recordable
+from .values import has_too_many_digits, is_unsupported, refusal_reason, to_recordable
 
 T = TypeVar("T")
 _SCALARS = frozenset({float, int, str, bool, type(None)})
@@ -70,16 +70,16 @@ def _log_any(name: str, value: T) -> T:
     rec = _recorder or session().recorder
     if name not in rec.known_names and not rec.admit_name(name):
         return value
-    if type(value) in _SCALARS:
+    if type(value) in _SCALARS and not (type(value) is int and has_too_many_digits(value)):
         rec.append((rec.ctx, name, value))
         return value
-    stored = to_recordable(value)
+    stored = to_recordable(value)  # a huge int logged later under a known name: part_writer
     if not is_unsupported(stored):
         rec.append((rec.ctx, name, stored))
     elif refusal_reason(stored) is None:
         rec.warn_unsupported(name, value)
-    elif (name, "refused") not in rec._warned:  # once per name, as for unsupported types
-        rec._warned.add((name, "refused"))
+    elif (name, "refused") not in rec.warned:  # once per name, as for unsupported types
+        rec.warned.add((name, "refused"))
         warnings.warn(f"flor.log({name!r}): a {refusal_reason(stored)}", FlorWarning,
                       stacklevel=3)
     return value

@@ -24,6 +24,9 @@ class FlorArgv:
     runid: str | None = None
     kwargs: dict[str, str] = field(default_factory=dict)
     read: set[str] = field(default_factory=set)
+    # `--kwargs` given with nothing, or a token after it without `=`: checked when a run
+    # starts (not at import, and not in a replay, which must parse argv as its run did)
+    bad_kwargs: list[str] = field(default_factory=list)
 
 
 def strip_flor_argv(argv: list[str]) -> FlorArgv:
@@ -38,11 +41,7 @@ def strip_flor_argv(argv: list[str]) -> FlorArgv:
         elif tok.startswith("--flor="):
             parsed.runid, i = tok.split("=", 1)[1], i + 1
         elif tok == "--kwargs":
-            i += 1
-            while i < len(argv) and "=" in argv[i] and not argv[i].startswith("--"):
-                key, value = argv[i].split("=", 1)
-                parsed.kwargs[key] = value
-                i += 1
+            i = _take_kwargs(argv, i + 1, parsed)
         else:
             keep.append(tok)
             i += 1
@@ -50,6 +49,23 @@ def strip_flor_argv(argv: list[str]) -> FlorArgv:
     if parsed.runid is None:
         parsed.runid = os.environ.get("FLOR_RUN") or None
     return parsed
+
+
+def check_kwargs_syntax(flor_argv: FlorArgv) -> None:
+    """Raise FlorArgError for a `--kwargs` without `key=value` pairs (`--kwargs epochs`): as
+    FlorDB, every token after `--kwargs` up to the next `-` flag must be one."""
+    for bad in flor_argv.bad_kwargs:
+        if not bad:
+            raise FlorArgError("flor: --kwargs is not followed by any key=value pair; write "
+                               "e.g. --kwargs epochs=5 lr=0.01, or leave --kwargs out")
+        key = bad.split("=", 1)[0]
+        if key:
+            raise FlorArgError(
+                f"flor: --kwargs {bad} has no value; write --kwargs {key}=VALUE (each token "
+                "after --kwargs up to the next --flag is a key=value pair; put the script's "
+                "own arguments before --kwargs)"
+            )
+        raise FlorArgError(f"flor: --kwargs {bad} has no key; write --kwargs KEY{bad}")
 
 
 def take_cli_value(flor_argv: FlorArgv, name: str) -> str | None:
@@ -94,6 +110,26 @@ def describe_unread(flor_argv: FlorArgv) -> str:
         f"flor: --kwargs {', '.join(parts)} not read by any flor.arg(...) in this script "
         f"(known args: {', '.join(known) or 'none'}); fix the name or add flor.arg for it"
     )
+
+
+def _take_kwargs(argv: list[str], i: int, parsed: FlorArgv) -> int:
+    """Take the `key=value` tokens from `argv[i]` on; the index after them. A token without
+    `=` ends them and stays in argv (as it always has, so that replays of older runs parse
+    alike); unless it is a `-x` flag of the script, it is noted as a mistake."""
+    start = i
+    while i < len(argv) and not argv[i].startswith("--"):
+        key, eq, value = argv[i].partition("=")
+        if not eq:
+            if not argv[i].startswith("-"):
+                parsed.bad_kwargs.append(argv[i])
+            break
+        if not key:
+            parsed.bad_kwargs.append(argv[i])
+        parsed.kwargs[key] = value
+        i += 1
+    if i == start and not parsed.bad_kwargs:
+        parsed.bad_kwargs.append("")
+    return i
 
 
 def _take_flag(argv: list[str], name: str) -> str | None:

@@ -23,12 +23,11 @@ import pickle
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import FlorCheckpointError, FlorReplayError, FlorWarning
-from .recorder import write_atomic
+from .errors import FlorCheckpointError, FlorReplayError, warn_background
+from .housekeeping import atomic_file, write_atomic
 from .rng import RngCapture, capture_rng, decode_rng, restore_rng
 
 DEFAULT_BUDGET = 1 / 15
@@ -288,7 +287,7 @@ class Checkpointer:
                     self._warned = True
                     msg = (f"flor: could not write checkpoint {job[3]}={job[4]} ({exc}); "
                            "training goes on, replay needs the checkpoints that were written")
-                    warnings.warn(msg, FlorWarning, stacklevel=1)
+                    warn_background(msg, "flor-checkpoints")
             finally:
                 self._busy.release()
 
@@ -301,12 +300,8 @@ class Checkpointer:
                    "iteration": iteration}
         path = checkpoint_path(self.ckpt_dir, loop, iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_file(path) as fh:  # a failed write (disk full) removes its temp file
             _dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         seconds = time.perf_counter() - t0
         self._last_cost = blocked + seconds
         entry = {"loop": loop, "iteration": iteration, "file": path.name,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 
 class FlorError(Exception):
     """Root of every error flor raises; the message names the problem and the fix."""
@@ -19,6 +22,11 @@ class FlorRepoError(FlorError):
     """The script is not inside a git repository, or git failed to snapshot the code."""
 
 
+class FlorStorageError(FlorError, OSError):
+    """The flor home cannot be written when a run starts (read-only or missing directory, no
+    permission); the message names the directory and how to point flor elsewhere."""
+
+
 class FlorCheckpointError(FlorError, TypeError):
     """An object passed for checkpointing lacks `state_dict`/`load_state_dict`."""
 
@@ -28,4 +36,13 @@ class FlorReplayError(FlorError):
 
 
 class FlorWarning(UserWarning):
-    """Something was not recorded, but the run goes on (unsupported value, unread --kwargs)."""
+    """Something was not recorded, but the run goes on (unsupported or unencodable value,
+    unread --kwargs, a disk that refuses writes during the run)."""
+
+
+def warn_background(message: str, origin: str) -> None:
+    """A FlorWarning from flor's own threads and exit hooks, where no line of the user's code
+    is to blame: shown as `<origin>:0: FlorWarning: ...`, never raised (not even under
+    `-W error`, which would end the thread that has to go on)."""
+    with contextlib.suppress(Exception):
+        warnings.warn_explicit(message, FlorWarning, origin, 0)

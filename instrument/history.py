@@ -84,10 +84,12 @@ def dataframe(*names: str, path: str | os.PathLike = ".") -> Any:
         _fill_missing(conn, names)
         schema = conn.session.history_schema
         known = {k: info for k, info in schema.values.items()}
-        depth = max((known[n.lower()].max_depth for n in names if n.lower() in known), default=0)
+        # A logged name that collides with an identity or loop column lives in <name>_value.
+        wanted = [schema.column_of(n) or n for n in names]
+        depth = max((known[c.lower()].max_depth for c in wanted if c.lower() in known), default=0)
         dims = [d for d, d_depth in sorted(schema.dims.items(), key=lambda x: x[1])
                 if d_depth <= depth]
-        columns = [*_IDENTITY, *dims, *names]
+        columns = list(dict.fromkeys([*_IDENTITY, *dims, *wanted]))
         select = ", ".join(exp.to_identifier(c, quoted=True).sql("duckdb") for c in columns)
         frame = conn.cursor()._execute(f"SELECT {select} FROM history", None,
                                        refresh=False).df()

@@ -1,28 +1,22 @@
-"""The in-memory record buffer and the thread that writes it to crash-safe record parts.
+"""The in-memory record buffer of a run, and the names it admits.
 
 The training thread only appends `(context, name, value)` tuples to a deque (thread-safe,
-no lock, no I/O). A writer thread drains the deque into numbered part files (format in
-`part_encode`; each defines the contexts it uses, so it can be read on its own), each written
-to a temp file, fsynced and renamed, so a reader sees whole parts or none. It wakes at every
-outer-loop iteration (`flush_soon`) and at least every FLUSH_SECONDS; `flush()` drains
-synchronously.
+no lock, no I/O). A writer thread (`part_writer`) drains the deque into numbered part files
+(format in `part_encode`; each defines the contexts it uses, so it can be read on its own),
+each written to a temp file, fsynced and renamed, so a reader sees whole parts or none. It
+wakes at every outer-loop iteration (`flush_soon`) and at least every FLUSH_SECONDS; `flush()`
+drains synchronously. Neither ever raises into the training thread.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from .errors import FlorNameError, FlorWarning
-from .part_encode import encode_part
-
-FLUSH_SECONDS = float(os.environ.get("FLOR_FLUSH_SECONDS", "2.0"))
-RESERVED_NAMES = frozenset({"projid", "runid", "tstamp", "vid", "filename"})
+from .part_writer import PartWriter
 
 Context = tuple  # (parent context or None, loop_name, iteration); None is the run level
 
@@ -33,7 +27,7 @@ class Recorder:
     # slots: `flor.log` and `flor.loop` read and set these once per step, between torch
     # kernels that evict the caches; a slot is one load where a dict lookup is several
     __slots__ = ("queue", "append", "ctx", "depth", "known_names", "only", "iterations", "args",
-                 "_by_lower", "_warned", "_writer")
+                 "_by_lower", "warned", "_writer")
 
     def __init__(self, out_dir: Path, source: str, only: frozenset[str] | None = None) -> None:
         self.queue: deque = deque()
@@ -45,7 +39,7 @@ class Recorder:
         self.iterations: deque = deque()
         self.args: deque = deque()
         self._by_lower: dict[str, str] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self.warned: set[object] = set()  # keys of warnings given, shared with the writer
         self._writer = PartWriter(self, out_dir / "parts", source)
         self._writer.start()
 
@@ -53,10 +47,6 @@ class Recorder:
         """Validate a name the first time it is logged; False: a replay does not record it."""
         if not isinstance(name, str) or not name.strip():
             raise FlorNameError(f"flor.log: name must be a non-empty string, got {name!r}")
-        if name in RESERVED_NAMES:
-            raise FlorNameError(
-                f"flor.log({name!r}): {name!r} is a run identity column; choose another name"
-            )
         other = self._by_lower.setdefault(name.lower(), name)
         if other != name:
             raise FlorNameError(
@@ -70,8 +60,8 @@ class Recorder:
 
     def warn_unsupported(self, name: str, value: Any) -> None:
         key = (name, type(value).__name__)
-        if key not in self._warned:
-            self._warned.add(key)
+        if key not in self.warned:
+            self.warned.add(key)
             warnings.warn(
                 f"flor.log({name!r}): cannot record a {type(value).__name__}; log a number, "
                 "bool, str, None, 0-d tensor/array or small JSON-able list/dict (e.g. str(x)); "
@@ -87,58 +77,5 @@ class Recorder:
         self._writer.write_pending()
 
     def close(self) -> None:
-        self._writer.stop()
-        self._writer.write_pending()
-
-
-class PartWriter(threading.Thread):
-    """Drains a Recorder into `parts/NNNNNN.part` files and keeps the run's heartbeat fresh."""
-
-    def __init__(self, recorder: Recorder, parts_dir: Path, source: str) -> None:
-        super().__init__(name="flor-writer", daemon=True)
-        self.recorder = recorder
-        self.parts_dir = parts_dir
-        self.source = source
-        self.wake = threading.Event()
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._seq = 0
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        self.heartbeat = parts_dir.parent / "heartbeat"
-        self.heartbeat.touch()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            self.wake.wait(FLUSH_SECONDS)
-            self.wake.clear()
-            try:
-                self.write_pending()
-                os.utime(self.heartbeat)
-            except OSError as exc:  # disk full, dir removed: keep training, say so once
-                warnings.warn(f"flor: could not write records: {exc}", FlorWarning, stacklevel=1)
-                time.sleep(FLUSH_SECONDS)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.wake.set()
-
-    def write_pending(self) -> None:
-        with self._lock:
-            queue, iterations = self.recorder.queue, self.recorder.iterations
-            records = [queue.popleft() for _ in range(len(queue))]
-            timings = [iterations.popleft() for _ in range(len(iterations))]
-            args = [self.recorder.args.popleft() for _ in range(len(self.recorder.args))]
-            if records or timings or args:
-                self._seq += 1
-                part = encode_part(records, timings, args, self.source, self._seq)
-                write_atomic(self.parts_dir / f"{self._seq:06d}.part", part)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file, the new file, or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        """Stop the writer after a last flush; warns about any record that was not recorded."""
+        self._writer.close()

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from . import args as flor_args
 from .checkpoints import Checkpointer
-from .errors import FlorWarning
-from .recorder import Recorder, write_atomic
+from .errors import FlorStorageError, FlorWarning, warn_background
+from .housekeeping import clean_in_background, write_atomic
+from .part_writer import FLUSH_SECONDS
+from .recorder import Recorder
 from .replay import ReplaySpec, replay_spec_from_env
 from .snapshot import exclude_from_git, find_repo_root, snapshot_worktree
 
@@ -55,18 +57,25 @@ class Session:
         self.error: str | None = None
         self._finished = False
         if self.replay:
-            self.run_dir, out_dir, source = self.replay.run_dir, self.replay.out_dir, "replay"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self._write_identity(out_dir / "replay.json", self._replay_identity())
+            self.run_dir, self.out_dir = self.replay.run_dir, self.replay.out_dir
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._write_identity(self.out_dir / "replay.json", self._replay_identity())
         else:
-            exclude_from_git(self.repo_root, "/.flor/")
-            self.vid = snapshot_worktree(self.repo_root)
-            self.run_dir = out_dir = self._make_run_dir()
-            source = "forward"
-            self._write_identity(out_dir / "run.json", self._identity())
-        self.out_dir = out_dir
-        self.recorder = Recorder(out_dir, source, self.replay.names if self.replay else None)
+            self.run_dir = self.out_dir = self._start_run()
+        source = "replay" if self.replay else "forward"
+        self.recorder = Recorder(self.out_dir, source, self.replay.names if self.replay else None)
         self.checkpointer = Checkpointer(self.run_dir / "ckpt")
+
+    def _start_run(self) -> Path:
+        """Check what a run needs, snapshot the code, make the run's directory."""
+        flor_args.check_kwargs_syntax(self.flor_argv)  # before anything is written
+        runs = writable_runs_dir(self.home, self.repo_root)
+        clean_in_background(self.home, FLUSH_SECONDS)  # crashed runs' litter, after the start
+        exclude_from_git(self.repo_root, "/.flor/")
+        self.vid = snapshot_worktree(self.repo_root, _script_in_repo(self.filename))
+        run_dir = self._make_run_dir(runs)
+        self._write_identity(run_dir / "run.json", self._identity())
+        return run_dir
 
     def check_unread_kwargs(self) -> None:
         if flor_args.unread_kwargs(self.flor_argv):
@@ -84,7 +93,11 @@ class Session:
         self.checkpointer.wait()
         self.recorder.close()
         end = {"status": self.status, "end_time": _now().isoformat(), "error": self.error}
-        write_atomic(self.out_dir / "end.json", json.dumps(end).encode())
+        try:
+            write_atomic(self.out_dir / "end.json", json.dumps(end).encode())
+        except OSError as exc:  # disk full at exit: say so, never a traceback from atexit
+            warn_background(f"flor: could not write {self.out_dir / 'end.json'} "
+                            f"({exc.strerror or exc}); the run will show as killed", "flor")
 
     def _identity(self) -> dict:
         return {
@@ -101,9 +114,7 @@ class Session:
             "start_time": _now().isoformat(),
         }
 
-    def _make_run_dir(self) -> Path:
-        runs = self.home / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
+    def _make_run_dir(self, runs: Path) -> Path:
         tstamp = dt.datetime.now()
         while True:  # tstamps are unique per project: the directory name is the lock
             path = runs / tstamp.strftime("%Y%m%dT%H%M%S.%f")
@@ -112,6 +123,8 @@ class Session:
             except FileExistsError:
                 tstamp += dt.timedelta(microseconds=1)
                 continue
+            except OSError as exc:  # what os.access could not foresee (NFS root squash, ...)
+                raise storage_error(self.home, self.repo_root, exc) from None
             self.tstamp = tstamp
             return path
 
@@ -119,7 +132,10 @@ class Session:
         """What this replay covers, so a later query knows not to redo it."""
         spec = self.replay
         return {"replay_id": spec.replay_id, "loop": spec.loop, "start": spec.start,
-                "stop": spec.stop, "names": None if spec.names is None else sorted(spec.names)}
+                "stop": spec.stop, "names": None if spec.names is None else sorted(spec.names),
+                # who writes here, so that housekeeping can tell a live replay from a dead one
+                "pid": os.getpid(), "hostname": socket.gethostname(),
+                "start_time": _now().isoformat()}
 
     @staticmethod
     def _write_identity(path: Path, doc: dict) -> None:
@@ -130,6 +146,41 @@ def flor_home(repo_root: Path) -> Path:
     """Where records live: FLOR_HOME, else `<repo>/.flor`."""
     env = os.environ.get("FLOR_HOME")
     return Path(env).resolve() if env else repo_root / ".flor"
+
+
+def writable_runs_dir(home: Path, repo_root: Path) -> Path:
+    """`<home>/runs`, created if needed; FlorStorageError when it cannot be written.
+
+    Checked before the run starts, because a run that cannot record should stop while
+    stopping costs nothing: a warning would scroll away and the hours of training that
+    follow would leave no record. (A disk that fills up later is different: the training
+    already done is worth more than the records, so the run goes on; see part_writer.)
+    """
+    runs = home / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(home, repo_root, exc) from None
+    if not os.access(runs, os.W_OK | os.X_OK):  # read-only mounts too (EROFS), even for root
+        raise storage_error(home, repo_root, PermissionError(13, "Permission denied"))
+    return runs
+
+
+def storage_error(home: Path, repo_root: Path, exc: OSError) -> FlorStorageError:
+    """The error for an unwritable flor home; when the repository cannot be written either,
+    FLOR_HOME alone would not help (snapshots go into its git objects), so it says so."""
+    why = exc.strerror or str(exc)
+    git_dir = repo_root / ".git"
+    if git_dir.is_dir() and not os.access(git_dir, os.W_OK):
+        return FlorStorageError(
+            f"flor: cannot record this run: {home} is not writable ({why}), nor is {git_dir}, "
+            "where flor keeps each run's code snapshot; run from a writable clone"
+        )
+    return FlorStorageError(
+        f"flor: cannot record this run: {home} is not writable ({why}); make it writable, "
+        "or set FLOR_HOME to a writable directory (florsql reads the records there when "
+        "given the same FLOR_HOME)"
+    )
 
 
 def install_exit_hooks(session: Session) -> None:
@@ -165,6 +216,13 @@ def _relative_script(script: Path | None, repo_root: Path) -> str:
         return script.relative_to(repo_root).as_posix()
     except ValueError:
         return script.as_posix()
+
+
+def _script_in_repo(filename: str) -> str | None:
+    """The running script's path in the repository, when it is a file of the repository."""
+    if filename.startswith("<") or Path(filename).is_absolute():
+        return None
+    return filename
 
 
 def _readable_name() -> str:

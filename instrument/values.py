@@ -27,6 +27,10 @@ class _Refused:
 
 
 _UNSUPPORTED = _Refused()
+_HUGE_INT = _Refused(
+    "whole number with more digits than Python writes as text (sys.get_int_max_str_digits); "
+    "log float(x) or str(x); value not recorded"
+)
 
 
 def to_recordable(value: Any) -> Any:
@@ -38,8 +42,10 @@ def to_recordable(value: Any) -> Any:
     FLOR_MAX_LOG_ELEMENTS (10,000) elements; lists, tuples and dicts through a JSON round trip.
     Each is a snapshot taken now, so later in-place changes are not seen.
     """
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, float, str)):
         return value
+    if isinstance(value, int):
+        return _HUGE_INT if has_too_many_digits(value) else value
     item = getattr(value, "item", None)
     if item is not None and _is_single_element(value):
         scalar = item()
@@ -56,6 +62,19 @@ def to_recordable(value: Any) -> Any:
         if len(text) <= MAX_JSON_CHARS:
             return json.loads(text)
     return _UNSUPPORTED
+
+
+def has_too_many_digits(value: int) -> bool:
+    """Whether Python refuses to write `value` as text (more than `sys.get_int_max_str_digits()`
+    digits, 4,300 by default), as a record part must."""
+    limit = sys.get_int_max_str_digits()
+    if not limit or value.bit_length() * 0.30103 < limit - 1:  # log10(2): fewer digits, surely
+        return False
+    try:
+        int.__repr__(value)
+    except ValueError:
+        return True
+    return False
 
 
 def max_log_elements() -> int:

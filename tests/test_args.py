@@ -14,6 +14,7 @@ from flor import FlorArgError
 from flor.args import (
     FlorArgv,
     cast_value,
+    check_kwargs_syntax,
     describe_unread,
     strip_flor_argv,
     take_cli_value,
@@ -82,6 +83,23 @@ def test_kwargs_end_at_the_next_double_dash_flag() -> None:
 def test_a_kwargs_value_may_itself_contain_equals_signs_and_minus_signs() -> None:
     parsed = strip_flor_argv(["t.py", "--kwargs", "expr=a=b", "lr=-1e-3"])
     assert parsed.kwargs == {"expr": "a=b", "lr": "-1e-3"}
+
+
+def test_a_token_without_a_value_after_kwargs_stays_in_argv_and_is_refused_at_run_start() -> None:
+    # parsed as before (a replay of an older run must see the argv its run saw); the run
+    # refuses it when it starts, naming the key and the key=value form
+    argv = ["t.py", "--kwargs", "lr=1", "epochs", "more=2"]
+    parsed = strip_flor_argv(argv)
+    assert parsed.kwargs == {"lr": "1"} and argv == ["t.py", "epochs", "more=2"]
+    with pytest.raises(FlorArgError, match=r"--kwargs epochs has no value; .*epochs=VALUE"):
+        check_kwargs_syntax(parsed)
+
+
+def test_a_short_flag_of_the_script_may_follow_the_kwargs() -> None:
+    argv = ["t.py", "--kwargs", "lr=1", "-v"]
+    parsed = strip_flor_argv(argv)
+    check_kwargs_syntax(parsed)
+    assert parsed.kwargs == {"lr": "1"} and argv == ["t.py", "-v"]
 
 
 def test_argv_without_flor_flags_is_left_alone_and_has_no_runid() -> None:

@@ -14,7 +14,7 @@ import torch
 import florsql
 from conftest import run_script
 from flor import FlorError, FlorNameError
-from flor.recorder import RESERVED_NAMES, Recorder
+from flor.recorder import Recorder
 from flor.values import (
     MAX_JSON_CHARS,
     is_unsupported,
@@ -209,12 +209,6 @@ def test_names_that_differ_only_by_case_raise_a_clear_flor_name_error(recorder: 
     assert "'Loss'" in message and "'loss'" in message and "case" in message
 
 
-@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
-def test_reserved_run_identity_names_cannot_be_logged(recorder: Recorder, name: str) -> None:
-    with pytest.raises(FlorNameError, match=f"'{name}' is a run identity column"):
-        recorder.admit_name(name)
-
-
 @pytest.mark.parametrize("name", ["", "   ", 3])
 def test_empty_or_non_string_names_are_refused(recorder: Recorder, name: object) -> None:
     with pytest.raises(FlorNameError, match="non-empty string"):
@@ -277,11 +271,22 @@ def test_logging_names_that_differ_only_by_case_fails_the_script_clearly(
     assert _statuses(repo) == ["failed"]
 
 
-def test_logging_a_reserved_name_fails_the_script(script_repo: Callable[[str], Path]) -> None:
-    repo = script_repo('import flor\nflor.log("runid", 1)\n')
-    proc = run_script(repo, "train.py", check=False)
-    assert proc.returncode != 0
-    assert "FlorNameError" in proc.stderr and "'runid' is a run identity column" in proc.stderr
+def test_a_logged_identity_name_is_kept_apart_as_name_value(
+        script_repo: Callable[[str], Path]) -> None:
+    import flor
+    from flor import history as flor_history
+
+    # FlorDB accepts such names, so its scripts must run unchanged; history renames them.
+    repo = script_repo('import flor\nflor.log("runid", 1)\nflor.log("vid", "v")\n')
+    run_script(repo, "train.py", "--flor", "named")
+    with florsql.connect(repo) as conn:
+        rows = conn.execute("SELECT runid, runid_value, vid_value FROM history").fetchall()
+    assert rows == [("named", 1, "v")]
+    try:
+        frame = flor.dataframe("runid", path=repo)
+    finally:
+        flor_history._release_all()
+    assert frame["runid_value"].tolist() == [1] and frame["runid"].tolist() == ["named"]
 
 
 def test_a_huge_int_is_recorded_and_the_project_stays_queryable(
