@@ -43,8 +43,15 @@ def _check_readable(home: Path) -> None:
     """Ingest must list every run: an unreadable `runs/` would look like a project whose
     runs were all deleted, so refuse it up front."""
     for folder in (home, home / "runs"):
-        if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
-            raise ProjectUnreadableError(str(folder), "no read permission")
+        if not os.path.lexists(folder):
+            continue
+        try:  # list it for real: os.access says yes to root, and a link loop is no folder
+            with os.scandir(folder):
+                pass
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ProjectUnreadableError(str(folder), exc.strerror or str(exc)) from None
 
 
 def _git_toplevel(start: Path) -> Path | None:

@@ -39,6 +39,12 @@ class Segment:
     start: int  # first outer iteration, restored from its checkpoint
     stop: int | None  # exclusive; None: to the end of the script
     seconds: float  # estimated
+    full: float | None = None  # estimated with every inner loop run (memoized segments only)
+
+    @property
+    def unmemoized(self) -> float:
+        """The estimate of the full replay a failed memoization check falls back to."""
+        return self.seconds if self.full is None else max(self.seconds, self.full)
 
 
 @dataclass
@@ -134,7 +140,8 @@ def segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Segm
     key = (split, run.memoize, startup.per_segment)
     if key not in t.cache:
         segs = _segments(run, t, split, startup)
-        t.cache[key] = (run.loop, run.memoize, [(s.start, s.stop, s.seconds) for s in segs])
+        t.cache[key] = (run.loop, run.memoize,
+                        [(s.start, s.stop, s.seconds, s.full) for s in segs])
     run.loop, run.memoize, spans = t.cache[key]
     return [Segment(*span) for span in spans]
 
@@ -147,7 +154,8 @@ def _segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Seg
     if run.memoize and any(i + 1 in t.saved for i in range(t.n_iters)):
         # inner loops skipped wherever the state at their end was saved: one cheap segment
         return [Segment(0, None, startup.per_segment
-                        + sum(t.cost(i, True) for i in range(t.n_iters)))]
+                        + sum(t.cost(i, True) for i in range(t.n_iters)),
+                        startup.per_segment + sum(t.seconds.values()))]
     run.memoize = False
     starts = split_points([i for i in t.saved if i < t.n_iters], t.seconds, split)
     bounds = [*starts[1:], None]
@@ -171,8 +179,9 @@ def filtered_segments(run: RunPlan, t: Timing, iterations: set[int],
             spans[-1][1] = k + 1
         else:
             spans.append([start, k + 1])
-    return [Segment(a, b, startup.per_segment + sum(t.cost(i, run.memoize)
-                                                    for i in range(a, b)))
+    return [Segment(a, b, startup.per_segment + sum(t.cost(i, run.memoize) for i in range(a, b)),
+                    startup.per_segment + sum(t.cost(i, False) for i in range(a, b))
+                    if run.memoize else None)
             for a, b in spans]
 
 

@@ -20,6 +20,7 @@ from .catalog_session import CatalogSession
 from .errors import EngineError
 from .memo import is_memoizable
 from .propagate import Refusal, propagate
+from .replay_coverage import coverage_facts, merge_windows, run_needs
 from .replay_estimate import (
     FINISH_SECONDS,
     Segment,
@@ -32,6 +33,7 @@ from .replay_estimate import (
     startup_costs,
 )
 from .replay_pool import pool_enabled
+from .script_names import ScriptName, script_names
 from .where import parse_where
 
 __all__ = ["ReplayPlan", "RunPlan", "RunRequest", "Segment", "plan_replay", "plan_runs"]
@@ -94,16 +96,25 @@ def plan_replay(session: CatalogSession, names: list[str], where: str | None = N
                 workers: int = 1, iterations: set[int] | None = None) -> ReplayPlan:
     """The replay that recovers `names` for the finished runs matching `where`.
 
-    `iterations` limits it to those outer-loop iterations (`epoch = 4`): only they are run,
+    What each run lacks is decided as for a SQL query (replay_coverage.py): per outer
+    iteration for a name logged in a loop, so a replay cut short is completed. `iterations`
+    limits it to those outer-loop iterations (`epoch = 4`): only the missing ones are run,
     each from the nearest checkpoint at or before it; code after the loop is then not run.
     """
     session.refresh()
     rows = _candidate_runs(session, where)
-    present = _names_present(session, [r[0] for r in rows], iterations)
-    wanted = None if iterations is None else frozenset(iterations)
-    requests = [RunRequest(row, tuple(n for n in names if n.lower() not in present[row[0]]),
-                           wanted) for row in rows]
-    return plan_runs(session, [r for r in requests if r.names], workers, names)
+    facts = coverage_facts(session, names)
+    scripts = script_names(session.project.root, {row[3] for row in rows})
+    window = None if iterations is None else set(iterations)
+    requests = []
+    for row in rows:
+        # a name today's script does not log is planned whole, for propagation to refuse
+        logged = {**{n.lower(): ScriptName(n, False) for n in names},
+                  **scripts.get(row[3], {})}
+        need = run_needs(facts, row[0], window, names, logged)
+        if need:
+            requests.append(RunRequest(row, tuple(need), merge_windows(need.values())))
+    return plan_runs(session, requests, workers, names)
 
 
 def plan_runs(session: CatalogSession, requests: list[RunRequest], workers: int = 1,
@@ -142,28 +153,6 @@ def _candidate_runs(session: CatalogSession, where: str | None) -> list[tuple]:
                          query=sqlglot.parse_one(rewritten.sql, read="duckdb").subquery()))
            .order_by("r.tstamp"))
     return session.con.execute(sql.sql(dialect="duckdb")).fetchall()
-
-
-def _names_present(session: CatalogSession, tstamps: list,
-                   iterations: set[int] | None) -> dict[object, set[str]]:
-    """tstamp -> lower-cased names it has records of (in every one of `iterations`)."""
-    out: dict[object, set[str]] = {t: set() for t in tstamps}
-    if iterations is None:
-        rows = session.con.execute(
-            "SELECT DISTINCT tstamp, lower(value_name) FROM logs "
-            "WHERE tstamp IN (SELECT unnest(?::TIMESTAMP[]))", [tstamps]).fetchall()
-        for t, name in rows:
-            out[t].add(name)
-        return out
-    rows = session.con.execute(
-        "SELECT l.tstamp, lower(l.value_name), count(DISTINCT lp.iteration) FROM logs l "
-        "JOIN loops lp ON lp.tstamp = l.tstamp AND lp.ctx_id = l.ctx_id AND lp.depth = 0 "
-        "WHERE l.tstamp IN (SELECT unnest(?::TIMESTAMP[])) AND list_contains(?, lp.iteration) "
-        "GROUP BY 1, 2", [tstamps, sorted(iterations)]).fetchall()
-    for t, name, count in rows:
-        if count == len(iterations):
-            out[t].add(name)
-    return out
 
 
 def _run_plan(session: CatalogSession, request: RunRequest,

@@ -7,8 +7,10 @@ process started once, which imports the heavy modules the scripts import (their 
 imports, found with ast, that are not the scripts' own modules nor the standard library) and
 then, for each task, forks a child. The child sets the task's environment, working directory,
 `sys.argv` and `sys.path[0]` and runs the script with `runpy.run_path(..., "__main__")`, its
-stdout and stderr going to files; its exit code means what a subprocess's would (0 ok, 3
-memoization unsafe, anything else a failure).
+stdout and stderr going through the zygote into bounded log files; its exit code means what a
+subprocess's would (0 ok, 3 memoization unsafe, anything else a failure). The child leads a
+process group of its own, which the zygote kills at the task's time limit or when the owner
+cancels the task (Zygote.run_task), so that a stop also ends what the script started.
 
 Why the fork is safe: the zygote runs no code of the scripts and no torch operation, so there
 is no intra-op thread pool, CUDA context or RNG draw to inherit; `flor` is never imported
@@ -18,24 +20,25 @@ child reseeds torch's and numpy's global generators from the OS, as a fresh proc
 runs.
 
 Lifetime: a zygote exits when its pipe closes (the pool was closed, or its owner exited or
-died), killing its running child first; on Linux a child also gets SIGKILL if its zygote
-dies. The owner reaps its zygotes on close() and at interpreter exit, so no zombie is left.
+died), killing its running child's group first; on Linux a child also gets SIGKILL if its
+zygote dies. The owner reaps its zygotes on close() and at interpreter exit, so no zombie is
+left; an interrupted replay kills the zygotes still importing (abort_imports) rather than wait
+for them. The pool's folder of zygote logs is marked with its owner (replay_leftovers.py), so
+that the next replay removes it if the owner was killed.
 FLOR_REPLAY_POOL=0 turns the pool off (one interpreter per task), as does a platform without
 os.fork (and macOS, where forking after importing system frameworks is unsafe).
 
-This file is also the zygote's program: it imports only the standard library and is loaded by
-path, so a zygote imports neither florsql nor flor.
+The zygote's program is replay_zygote.py: it imports only the standard library and is loaded
+by path, so a zygote imports neither florsql nor flor.
 """
 
 from __future__ import annotations
 
 import ast
-import atexit
 import contextlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,9 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import replay_zygote
+from .replay_leftovers import claim
 
 POOL_ENV = "FLOR_REPLAY_POOL"
 # Modules that training scripts import lazily, after their first flor call, and that cost
@@ -144,6 +150,17 @@ class Task:
     stdout: str  # files the child's stdout and stderr go to
     stderr: str
     threads: int | None = None  # torch.set_num_threads before the script, when torch is loaded
+    timeout: float | None = None  # seconds until the zygote kills the child's group
+    log_cap: int = replay_zygote.LOG_CAP  # bytes kept of each of stdout and stderr
+
+
+@dataclass(frozen=True)
+class TaskExit:
+    """How a task's child ended: its exit code (negative: the signal that killed it) and why
+    it was stopped ("timeout", "cancelled"), if it was."""
+
+    rc: int
+    stopped: str | None = None
 
 
 @dataclass
@@ -158,8 +175,10 @@ class Zygote:
     failed: dict[str, str] = field(default_factory=dict)
     import_seconds: dict[str, float] = field(default_factory=dict)
     ready: bool = False
+    preloading: bool = False
     tasks: int = 0
-    _io: threading.Lock = field(default_factory=threading.Lock)
+    _io: threading.Lock = field(default_factory=threading.Lock)  # one request and its answer
+    _write: threading.Lock = field(default_factory=threading.Lock)  # one line into the pipe
 
     @property
     def pid(self) -> int:
@@ -168,15 +187,24 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @property
+    def importing(self) -> bool:
+        """Starting, or importing modules for a task: busy for seconds, with no child."""
+        return not self.ready or self.preloading
+
     def request(self, doc: dict, timeout: float | None = None) -> dict:
         """Send one request and wait for its answer (a task's answer comes when it exits)."""
         with self._io:
+            self._send(doc)
+            return self._receive(timeout)
+
+    def _send(self, doc: dict) -> None:
+        with self._write:
             try:
                 self.proc.stdin.write((json.dumps(doc) + "\n").encode())
                 self.proc.stdin.flush()
             except (OSError, ValueError) as e:
                 raise PoolError(f"replay worker {self.pid} is gone ({e}){self._tail()}") from None
-            return self._receive(timeout)
 
     def hello(self) -> None:
         """The zygote's first line: its pid and the imports it started with."""
@@ -208,7 +236,12 @@ class Zygote:
     def preload(self, modules: Iterable[str]) -> None:
         missing = [m for m in modules if m not in self.attempted]
         if missing:
-            self._imports(self.request({"op": "preload", "modules": missing}, START_TIMEOUT))
+            self.preloading = True
+            try:
+                self._imports(self.request({"op": "preload", "modules": missing},
+                                           START_TIMEOUT))
+            finally:
+                self.preloading = False
 
     def _imports(self, reply: dict) -> None:
         self.attempted.update(reply["seconds"])
@@ -220,11 +253,29 @@ class Zygote:
                             "in the replay worker: forking it is not safe")
 
     def run(self, task: Task) -> int:
-        reply = self.request({"op": "run", "cwd": task.cwd, "argv": task.argv, "env": task.env,
-                              "stdout": task.stdout, "stderr": task.stderr,
-                              "threads": task.threads})
+        """Run `task` in a forked child; its exit code."""
+        return self.run_task(task).rc
+
+    def run_task(self, task: Task, cancel: threading.Event | None = None) -> TaskExit:
+        """Run `task` in a forked child until it exits, reaches `task.timeout`, or `cancel` is
+        set (then the zygote kills the child's process group within about 50 ms)."""
+        with self._io:
+            self._send({"op": "run", "cwd": task.cwd, "argv": task.argv, "env": task.env,
+                        "stdout": task.stdout, "stderr": task.stderr, "threads": task.threads,
+                        "timeout": task.timeout, "log_cap": task.log_cap})
+            if cancel is not None:
+                self._await(cancel)
+            reply = self._receive()
         self.tasks += 1
-        return int(reply["rc"])
+        return TaskExit(int(reply["rc"]), reply.get("stopped"))
+
+    def _await(self, cancel: threading.Event) -> None:
+        """Wait until the answer can be read; ask for a kill (once) when `cancel` is set."""
+        asked = False
+        while not select.select([self.proc.stdout], [], [], 0.05)[0]:
+            if cancel.is_set() and not asked:
+                self._send({"op": "kill"})
+                asked = True
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close the pipe (the zygote kills its child and exits), then reap it."""
@@ -239,6 +290,10 @@ class Zygote:
             self.proc.wait()
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdout.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
     def _tail(self) -> str:
         try:
@@ -260,6 +315,7 @@ class ReplayPool:
         self._closed = False
         self._owner = os.getpid()
         self._dir = Path(tempfile.mkdtemp(prefix="flor-replay-pool-"))
+        claim(self._dir)  # a killed owner's folder is removed by the next replay
         self.warm_error: BaseException | None = None  # what the last warm_async() raised
         # close() runs this; so do garbage collection and interpreter exit if close() did not
         self._finalizer = weakref.finalize(self, _shutdown, self._zygotes, self._dir,
@@ -343,12 +399,13 @@ class ReplayPool:
 
     # -- use ------------------------------------------------------------------------------
 
-    def acquire(self, limit: int, modules: Iterable[str] = (),
-                threads: int | None = None) -> Zygote:
+    def acquire(self, limit: int, modules: Iterable[str] = (), threads: int | None = None,
+                cancel: threading.Event | None = None) -> Zygote:
         """An idle zygote (a new one while fewer than `limit` exist; else wait for one) that
-        has imported `modules`. Give it back with release()."""
+        has imported `modules`. Give it back with release(). Raises PoolError once `cancel` is
+        set while it waits."""
         modules = list(modules)
-        z = self._checkout(limit, threads, modules)
+        z = self._checkout(limit, threads, modules, cancel)
         try:
             z.preload(modules)
         except PoolError:
@@ -372,6 +429,14 @@ class ReplayPool:
             yield z
         finally:
             self.release(z)
+
+    def abort_imports(self) -> None:
+        """Kill the zygotes still starting or importing: whoever waits on one gets a PoolError
+        at once. An interrupted replay calls it rather than wait seconds for torch."""
+        with self._cond:
+            busy = [z for z in self._zygotes if z.importing]
+        for z in busy:
+            z.kill()
 
     def close(self) -> None:
         """Stop every zygote (each kills its running child) and reap them. Idempotent."""
@@ -406,7 +471,7 @@ class ReplayPool:
             env.pop("FLOR_REPLAY", None)
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
-                    [self.python, "-c", _BOOT, str(Path(__file__).resolve()),
+                    [self.python, "-c", _BOOT, str(Path(replay_zygote.__file__).resolve()),
                      json.dumps(modules)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                     cwd=self._dir, env=env, close_fds=True)
@@ -422,11 +487,14 @@ class ReplayPool:
             self._discard(z)
             raise
 
-    def _checkout(self, limit: int, threads: int | None, modules: list[str]) -> Zygote:
+    def _checkout(self, limit: int, threads: int | None, modules: list[str],
+                  cancel: threading.Event | None) -> Zygote:
         wanted = set(modules)
         with self._cond:
             while True:
                 self._check_open()
+                if cancel is not None and cancel.is_set():
+                    raise PoolError("the replay was interrupted")
                 for z in [z for z in self._idle if not z.alive()]:
                     self._idle.remove(z)
                     self._zygotes.remove(z)
@@ -438,12 +506,15 @@ class ReplayPool:
                 if len(self._zygotes) + self._starting < max(1, limit):
                     self._starting += 1
                     break
-                self._cond.wait()
+                self._cond.wait(None if cancel is None else 0.05)
         try:
             z = self._spawn(threads, modules)
         finally:
             with self._cond:
                 self._starting -= 1
+        if cancel is not None and cancel.is_set():  # abort_imports() may have missed it
+            self._discard(z)
+            raise PoolError("the replay was interrupted")
         self._boot(z)
         return z
 
@@ -494,10 +565,6 @@ def _shutdown(zygotes: list[Zygote], folder: Path, owner: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# The zygote's side: this file run as the zygote's program (see _BOOT).
-# ---------------------------------------------------------------------------------------------
-
 _BOOT = (
     "import importlib.util, sys\n"
     "spec = importlib.util.spec_from_file_location('_flor_replay_zygote', sys.argv[1])\n"
@@ -506,230 +573,3 @@ _BOOT = (
     "spec.loader.exec_module(mod)\n"
     "mod.zygote_main()\n"
 )
-
-
-class _Lines:
-    """Lines from a pipe fd, read with os.read so select() sees what is left."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = b""
-        self.eof = False
-
-    def fill(self) -> None:
-        data = os.read(self.fd, 1 << 16)
-        if data:
-            self.buf += data
-        else:
-            self.eof = True
-
-    def readline(self) -> bytes | None:
-        while b"\n" not in self.buf:
-            if self.eof:
-                return None
-            self.fill()
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-
-class _ZygoteState:
-    def __init__(self) -> None:
-        self.prctl = None
-
-
-def zygote_main() -> None:
-    """Serve requests on stdin (one JSON line each, one JSON answer line on stdout)."""
-    proto_in, proto_out = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(2, 1)  # stray prints of imported modules go to the log, not into the protocol
-    os.close(null)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's Ctrl-C must not kill warm workers
-    boot_argv, sys.argv = sys.argv[1:], [""]
-    state = _ZygoteState()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            state.prctl = ctypes.CDLL(None, use_errno=True).prctl
-    lines = _Lines(proto_in)
-
-    def answer(doc: dict) -> None:
-        data = (json.dumps(doc) + "\n").encode()
-        while data:
-            data = data[os.write(proto_out, data):]
-
-    modules = json.loads(boot_argv[1]) if len(boot_argv) > 1 else []
-    answer({"pid": os.getpid(), **_preload(modules, state)})
-    while True:
-        raw = lines.readline()
-        if raw is None:
-            break
-        req = json.loads(raw)
-        op = req.get("op")
-        if op == "preload":
-            answer(_preload(req["modules"], state))
-        elif op == "run":
-            rc = _fork_task(req, state, lines, (proto_in, proto_out))
-            if rc is None:  # the owner went away while the task ran
-                break
-            answer({"rc": rc})
-        else:
-            break
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _preload(modules: list[str], state: _ZygoteState) -> dict:
-    import importlib
-
-    imported, failed, seconds = [], {}, {}
-    for name in modules:
-        t0 = time.perf_counter()
-        try:
-            importlib.import_module(name)
-        except BaseException as e:  # noqa: BLE001 - any failure: the child imports it itself
-            failed[name] = f"{type(e).__name__}: {e}"[:300]
-        else:
-            imported.append(name)
-        seconds[name] = time.perf_counter() - t0
-    for name in [m for m in sys.modules if m == "flor" or m.startswith("flor.")]:
-        del sys.modules[name]  # pulled in by a preloaded module: the child imports it afresh
-    _skip_exit_finalizers()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return {"imported": imported, "failed": failed, "seconds": seconds,
-            "threads": threading.active_count()}
-
-
-def _skip_exit_finalizers() -> None:
-    """torch registers a finalizer per operator library (about 170 after its imports) that
-    unregisters it at interpreter exit, about 50 ms in all: work for the zygote's own exit,
-    not for each child, which is about to end anyway. Those of the script still run."""
-    import weakref as _weakref
-
-    registry = getattr(_weakref.finalize, "_registry", {})
-    for fin, info in list(registry.items()):
-        func = getattr(info, "func", None)
-        if (getattr(func, "__module__", None) == "torch.library"
-                and getattr(func, "__name__", None) == "_del_library"):
-            fin.atexit = False
-
-
-def _fork_task(req: dict, state: _ZygoteState, lines: _Lines,
-               proto: tuple[int, int]) -> int | None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _child(req, state, proto)  # never returns
-    return _wait_child(pid, lines)
-
-
-def _wait_child(pid: int, lines: _Lines) -> int | None:
-    """The child's exit code (negative: killed by that signal); None if the owner went away
-    meanwhile (the child is then killed and reaped)."""
-    pidfd = None
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(pid)
-    try:
-        while True:
-            watch = [lines.fd] if pidfd is None else [lines.fd, pidfd]
-            ready, _, _ = select.select(watch, [], [], 0.01 if pidfd is None else None)
-            if lines.fd in ready:
-                lines.fill()
-                if lines.eof:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    return None
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _child(req: dict, state: _ZygoteState, proto: tuple[int, int]) -> None:
-    """In the forked child: become the task's process, run the script, exit with its code."""
-    code = 1
-    try:
-        parent = os.getppid()
-        for fd in proto:
-            os.close(fd)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if state.prctl is not None:
-            state.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote
-            if os.getppid() != parent:
-                os._exit(1)
-        for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(out, fd)
-            os.close(out)
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        script = os.path.abspath(req["argv"][0])
-        sys.argv = list(req["argv"])
-        sys.path[0] = os.path.dirname(script)
-        _fresh_process_state(req.get("threads"), state)
-        code = _run_script(script)
-    except BaseException:  # noqa: BLE001 - the set-up failed: report it like a crash
-        with contextlib.suppress(BaseException):
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-    finally:
-        os._exit(code)
-
-
-def _fresh_process_state(threads: int | None, state: _ZygoteState) -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.default_generator.seed()  # a fresh process seeds it from the OS
-        if threads:
-            torch.set_num_threads(int(threads))
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()  # a fresh process seeds it from the OS
-
-
-def _run_script(path: str) -> int:
-    """runpy the script as __main__ and end like the interpreter does; the exit code."""
-    import runpy
-
-    code = 0
-    try:
-        runpy.run_path(path, run_name="__main__")
-    except SystemExit as e:
-        code = _exit_code(e.code)
-    except KeyboardInterrupt:
-        with contextlib.suppress(BaseException):
-            sys.excepthook(*sys.exc_info())
-        code = 130
-    except BaseException:  # noqa: BLE001 - uncaught: the hooks report it, exit 1
-        with contextlib.suppress(BaseException):
-            sys.excepthook(*sys.exc_info())
-        code = 1
-    with contextlib.suppress(BaseException):
-        threading._shutdown()  # wait for non-daemon threads, as interpreter exit does
-    with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()  # flor finishes its run here
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
-    return code
-
-
-def _exit_code(value: object) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value & 0xFF
-    with contextlib.suppress(BaseException):
-        print(value, file=sys.stderr)
-    return 1

@@ -5,12 +5,15 @@ allows, minus those that already hold the names (or were replayed for them alrea
 into one replay plan. run_retroactive(session, plan) runs it and returns one warning line per
 run left NULL. Callers hold `replay_lock` around both, so concurrent queries in any process
 never replay the same task twice: the second one plans after the first has stored its records.
+What a run lacks is decided by replay_coverage.py, as for `florsql replay`: both complete a
+replay that was cut short in the same way.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +23,10 @@ from sqlglot import exp
 
 from .analyze import Analysis
 from .catalog_session import CatalogSession
+from .replay_coverage import Coverage, coverage_facts, merge_windows, run_facts, run_needs
 from .replay_plan import ReplayPlan, RunRequest, plan_runs
 from .replay_run import TaskResult, run_replay
-from .script_names import ScriptName, script_names
+from .script_names import script_names
 
 
 @dataclass
@@ -74,15 +78,14 @@ def plan_retroactive(session: CatalogSession, analysis: Analysis,
     workers = max(1, workers or os.cpu_count() or 1)
     names = sorted(analysis.replayable)
     wanted = _wanted_runs(session, analysis)
-    facts = session.derived(("retro", tuple(names)), lambda: _catalog_facts(session, names))
-    groups, skipped = _group_runs(session, wanted, names, facts)
+    groups, skipped = _group_runs(session, wanted, names, coverage_facts(session, names))
     return _plan_groups(session, groups, skipped, workers)
 
 
 def _group_runs(session: CatalogSession, wanted: dict, names: list[str],
-                facts: tuple) -> tuple[dict[tuple, list[datetime]], list[Skipped]]:
+                facts: Coverage) -> tuple[dict[tuple, list[datetime]], list[Skipped]]:
     """Runs that need a replay, grouped by (names, iterations); runs that cannot have one."""
-    runs = facts[0]
+    runs = facts.runs
     scripts = script_names(session.project.root, {runs[t][2] for t in wanted if t in runs})
     groups: dict[tuple, list[datetime]] = {}
     skipped: list[Skipped] = []
@@ -90,34 +93,26 @@ def _group_runs(session: CatalogSession, wanted: dict, names: list[str],
         if tstamp not in runs:
             continue
         runid, status, filename = runs[tstamp][:3]
-        need = _run_needs(tstamp, window, names, scripts.get(filename, {}), facts)
+        need = run_needs(facts, tstamp, window, names, scripts.get(filename, {}))
         if need and status != "finished":
             skipped.append(Skipped(runid, str(tstamp), f"not replayed: the run is {status}; "
                                                        "only finished runs can be replayed"))
         elif need:
-            key = (tuple(sorted(need)), _merge_windows(need.values()))
+            key = (tuple(sorted(need)), merge_windows(need.values()))
             groups.setdefault(key, []).append(tstamp)
     return groups, skipped
 
 
-def _run_needs(tstamp: datetime, window: set[int] | None, names: list[str],
-               logged: dict[str, ScriptName], facts: tuple) -> dict:
-    """Name (as the script spells it) -> what the run lacks of it (see _todo)."""
-    _, present, covered, all_iters = facts
-    need = {}
-    for name in (n for n in names if n in logged):
-        todo = _todo(logged[name], window, all_iters.get(tstamp, []),
-                     present.get((tstamp, name)), covered.get(tstamp, []))
-        if todo is not False:
-            need[logged[name].name] = todo
-    return need
-
-
 def run_retroactive(session: CatalogSession, plan: RetroPlan,
-                    progress: Callable[[TaskResult, int, int], None] | None = None
-                    ) -> list[str]:
-    """Run the plan's tasks; one warning line per run that stays NULL (refused or failed)."""
-    results = run_replay(session, plan.replay, progress) if plan.tasks else []
+                    progress: Callable[[TaskResult, int, int], None] | None = None,
+                    task_timeout: float | None = None,
+                    cancel: threading.Event | None = None) -> list[str]:
+    """Run the plan's tasks; one warning line per run that stays NULL (refused or failed).
+
+    `task_timeout` and `cancel` are run_replay's: KeyboardInterrupt (or `cancel` set by
+    another thread) stops every task before it propagates, as ReplayInterrupted."""
+    results = (run_replay(session, plan.replay, progress, task_timeout, cancel)
+               if plan.tasks else [])
     failed = {r.run.tstamp: r for r in results if not r.ok}
     return plan.warnings() + [f"{r.run.runid} ({r.run.tstamp}): replay failed: "
                               f"{_one_line(r.error)}" for r in failed.values()]
@@ -128,8 +123,7 @@ def _wanted_runs(session: CatalogSession,
     """tstamp -> the outer-loop iterations the query can read (None: all of them)."""
     condition = analysis.pushed
     if condition is None:
-        rows = session.derived(("retro-runs",), lambda: _run_facts(session))
-        return {t: None for t in rows}
+        return {t: None for t in run_facts(session)}
     key = ("wanted", condition.sql(dialect="duckdb"), repr(analysis.params))
     return session.derived(key, lambda: _query_wanted(session, condition, analysis.params))
 
@@ -162,80 +156,9 @@ def _outer_dim(session: CatalogSession, condition: exp.Expression) -> str | None
     return outer[0] if dims and len(outer) == 1 else None
 
 
-def _catalog_facts(session: CatalogSession, names: list[str]) -> tuple:
-    """What planning reads of every run; kept by the session until the catalog changes."""
-    runs = session.derived(("retro-runs",), lambda: _run_facts(session))
-    return (runs, _present(session, names), _covered(session),
-            _recorded_iterations(session))
-
-
-def _run_facts(session: CatalogSession) -> dict[datetime, tuple]:
-    rows = session.con.execute(
-        "SELECT tstamp, runid, status, filename, vid, argv, run_dir FROM runs").fetchall()
-    return {row[0]: row[1:] for row in rows}
-
-
-def _present(session: CatalogSession,
-             names: list[str]) -> dict[tuple[datetime, str], set[int | None]]:
-    """(tstamp, name) -> the outer iterations holding a record of it (None: outside loops)."""
-    rows = session.con.execute(
-        "SELECT l.tstamp, lower(l.value_name), list(DISTINCT TRY_CAST("
-        "split_part(split_part(c.path, '/', 1), '=', 2) AS BIGINT)) FROM logs l "
-        "JOIN contexts c ON c.tstamp = l.tstamp AND c.ctx_id = l.ctx_id "
-        "WHERE lower(l.value_name) IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL",
-        [names]).fetchall()
-    return {(t, n): set(iters) for t, n, iters in rows}
-
-
-def _covered(session: CatalogSession) -> dict[datetime, list[tuple]]:
-    """tstamp -> (names or None, start, stop) of each finished replay."""
-    rows = session.con.execute(
-        "SELECT tstamp, names, start_iter, stop_iter FROM replays "
-        "WHERE status = 'finished' AND start_iter IS NOT NULL").fetchall()
-    out: dict[datetime, list[tuple]] = {}
-    for t, names, start, stop in rows:
-        lowered = None if names is None else {n.lower() for n in names}
-        out.setdefault(t, []).append((lowered, start, stop))
-    return out
-
-
-def _recorded_iterations(session: CatalogSession) -> dict[datetime, list[int]]:
-    rows = session.con.execute(
-        "SELECT tstamp, list(DISTINCT iteration ORDER BY iteration) "
-        "FROM iterations WHERE source = 'forward' GROUP BY 1").fetchall()
-    return dict(rows)
-
-
-def _todo(site: ScriptName, window: set[int] | None, iterations: list[int],
-          present: set[int | None] | None, covered: list[tuple]) -> frozenset[int] | None | bool:
-    """What a run needs of one name: False nothing, None a whole replay, else iterations."""
-    name = site.name.lower()
-    spans = [(a, b) for names, a, b in covered if names is None or name in names]
-    if not site.in_loop or not iterations:  # logged once per run: any record will do
-        whole = any(a == 0 and b is None for a, b in spans)
-        return False if present or whole else None
-    wanted = set(iterations) if window is None else window & set(iterations)
-    done = (present or set()) | {i for i in wanted for a, b in spans
-                                 if a <= i and (b is None or i < b)}
-    missing = wanted - done
-    if not missing:
-        return False
-    return None if missing == set(iterations) else frozenset(missing)
-
-
-def _merge_windows(todos) -> frozenset[int] | None:
-    """One window for all of a run's names: a whole replay if any name needs one."""
-    merged: set[int] = set()
-    for todo in todos:
-        if todo is None:
-            return None
-        merged |= todo
-    return frozenset(merged)
-
-
 def _plan_groups(session: CatalogSession, groups: dict[tuple, list[datetime]],
                  skipped: list[Skipped], workers: int) -> RetroPlan:
-    runs = session.derived(("retro-runs",), lambda: _run_facts(session))
+    runs = run_facts(session)
     requests = []
     for (names, iters), tstamps in groups.items():
         for t in tstamps:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .cli_query import add_project, add_query_arguments, project_of, query_main
 from .cli_saved import add_run_arguments, list_main, run_main
-from .replay_cli import add_replay_arguments, replay_main
+from .replay_cli import add_replay_arguments, replay_main, sigterm_as_interrupt
 
 DEFAULT_COMMAND = "query"
 TOP_LEVEL_ONLY = ("-h", "--help", "--version")
@@ -89,15 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("sqlglot").setLevel(logging.ERROR)
     args = build_parser().parse_args(with_default_command(words))
     args.project = project_of(args)
+    received = [int(signal.SIGINT)]
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt() as received:  # SIGTERM stops a replay as Ctrl-C does
+            return args.handler(args)
     except BrokenPipeError:  # `florsql ... | head`: the reader left, which is not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("florsql: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a replay's says what it stopped and what it kept
+        print(f"florsql: {e}" if str(e) else "florsql: interrupted", file=sys.stderr)
+        return 128 + received[0]
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def add_replay_flags(parser: argparse.ArgumentParser) -> None:
                        help="refuse a replay estimated to take longer than S seconds")
     group.add_argument("--workers", type=int, metavar="K",
                        help="replay processes at once (default: one per core)")
+    group.add_argument("--task-timeout", type=seconds_arg, metavar="S",
+                       help="stop a replay task that runs longer than S seconds (0: no limit; "
+                       "default: FLOR_REPLAY_TASK_TIMEOUT, else max(120 s, 10 x its estimate))")
 
 
 def query_main(args: argparse.Namespace) -> int:
@@ -130,7 +133,19 @@ def replay_options(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"replay": args.replay, "max_replay_seconds": args.max_replay_seconds,
             "workers": args.workers, "confirm": ask_on_terminal,
-            "progress": replay_progress(), "surface": "cli"}
+            "progress": replay_progress(), "surface": "cli",
+            "task_timeout": args.task_timeout}
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: seconds, 0 or more (0: no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds expected, not {text!r}") from None
+    if value != value or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds expected (0: no limit), not {text!r}")
+    return value
 
 
 def fail(message: str, code: int = 1) -> int:

@@ -53,9 +53,9 @@ class Connection:
     def __init__(self, path: str = ".", *, replay: str = "auto",
                  max_replay_seconds: float | None = None, workers: int | None = None,
                  confirm: Any = None, progress: Any = None, surface: str = "python",
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, task_timeout: float | None = None) -> None:
         self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress,
-                                          surface)
+                                          surface, task_timeout)
         self._cursors: weakref.WeakSet[Cursor] = weakref.WeakSet()
         try:
             self.session = CatalogSession(path, memory_limit)
@@ -107,7 +107,9 @@ class Connection:
     def interrupt(self) -> None:
         """Stop the statements this connection's cursors are running; call it from another
         thread. Each stopped `execute()` or fetch raises OperationalError ("interrupted"); a
-        cursor with nothing running is left alone."""
+        cursor with nothing running is left alone. A replay that a statement is running stops
+        its tasks too (finished ones keep their records) and raises KeyboardInterrupt."""
+        self.replay_policy.cancel.set()
         for cursor in list(self._cursors):
             cursor._interrupt()
 

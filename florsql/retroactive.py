@@ -8,8 +8,9 @@ and a warning (`off`). `EXPLAIN REPLAY <select>` returns the plan as rows and ru
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .engine.analyze import Analysis
@@ -52,6 +53,9 @@ class ReplayPolicy:
     confirm: Callable[[RetroPlan], bool] | None = None  # `ask`: True to replay
     progress: Callable[[Any, int, int], None] | None = None  # per finished task
     surface: str = "python"  # whose words the messages use: python, cli or shell
+    task_timeout: float | None = None  # seconds per replay task; None: from its estimate
+    # Set by Connection.interrupt() from another thread: the running replay stops its tasks.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.mode = check_mode(self.mode)
@@ -98,7 +102,8 @@ def _run_by_policy(session: Any, plan: RetroPlan, policy: ReplayPolicy) -> list[
         reason = ("the replay was declined" if policy.confirm
                   else "replay='ask' needs a confirm callback")
         return _declined(plan, reason, policy.hints)
-    return run_retroactive(session, plan, policy.progress)
+    policy.cancel.clear()  # an interrupt of an earlier statement does not stop this one
+    return run_retroactive(session, plan, policy.progress, policy.task_timeout, policy.cancel)
 
 
 def _declined(plan: RetroPlan, reason: str, hints: SurfaceHints) -> list[str]:

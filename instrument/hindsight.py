@@ -12,14 +12,17 @@ from .history import _connection
 def replay(apply_vars: list[str] | str, where_clause: str | None = None,
            path: str | os.PathLike = ".", workers: int | None = None,
            dry_run: bool = False, iterations: Iterable[int] | None = None,
-           progress: bool = True) -> Any:
+           progress: bool = True, task_timeout: float | None = None) -> Any:
     """Replay the past runs that lack `apply_vars`, as FlorDB's `flor.replay` does.
 
     `where_clause` picks runs: SQL over `history` columns (`"lr > 0.01"`) or FlorDB's pandas
     style (`'cf_matrix.isna() and hidden_size.astype("float") < 250'`); `iterations` limits
     it to those outer-loop iterations (epochs); `progress` draws a bar on stderr as runs
-    finish. Returns the plan as a DataFrame with one row per run: the names replayed, the
-    estimate, and what happened.
+    finish; `task_timeout` stops a task that runs longer than that many seconds (0: no
+    limit; default: FLOR_REPLAY_TASK_TIMEOUT, else max(120 s, 10 x the task's estimate)).
+    Returns the plan as a DataFrame with one row per run: the names replayed, the estimate,
+    and what happened. Ctrl-C stops every task (the finished ones keep their records) and
+    raises KeyboardInterrupt.
     """
     import pandas as pd
 
@@ -34,7 +37,7 @@ def replay(apply_vars: list[str] | str, where_clause: str | None = None,
                            wanted)
         # made here, just before the replay starts, so its clock is the replay's
         bar = replay_progress(estimate=plan.estimated_seconds) if progress else None
-        results = [] if dry_run else run_replay(conn.session, plan, bar)
+        results = [] if dry_run else run_replay(conn.session, plan, bar, task_timeout)
     outcome: dict[str, list] = {}
     for result in results:
         outcome.setdefault(result.run.tstamp, []).append(result)

@@ -14,12 +14,17 @@ first inner loop of each outer iteration k whose end state was saved (a checkpoi
 is skipped by restoring that checkpoint; after the code that follows it the state must still
 equal that checkpoint, else the process exits with code 3 and the run is replayed in full.
 An iteration without such a checkpoint runs its inner loop in full.
+A replay run as a process of its own gets "parent": the pid of the florsql process that
+started it; reading the spec binds this process to it (Linux: it gets SIGKILL when that
+process dies), so a killed `florsql replay` leaves no task running behind it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +59,7 @@ def replay_spec_from_env() -> ReplaySpec | None:
         return None
     try:
         doc = json.loads(raw)
-        return ReplaySpec(
+        spec = ReplaySpec(
             run_dir=Path(doc["run_dir"]),
             replay_id=str(doc["replay_id"]),
             loop=doc.get("loop"),
@@ -64,5 +69,22 @@ def replay_spec_from_env() -> ReplaySpec | None:
             staging_dir=Path(doc["out_dir"]) if doc.get("out_dir") else None,
             memoize=bool(doc.get("memoize", False)),
         )
+        parent = None if doc.get("parent") is None else int(doc["parent"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FlorReplayError(f"flor: FLOR_REPLAY is not a valid replay spec ({exc})") from None
+    _die_with(parent)
+    return spec
+
+
+def _die_with(parent: int | None) -> None:
+    """End this process when `parent` ends (or at once if it already has)."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the line above: nothing would signal us
+        os._exit(1)

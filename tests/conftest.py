@@ -61,6 +61,15 @@ with flor.checkpointing(model=model, optimizer=opt):
 """
 
 
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux: reads /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def git(repo: Path, *args: str) -> str:
     out = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
                          env={**os.environ, **GIT_ENV})

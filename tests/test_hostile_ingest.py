@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -366,17 +367,34 @@ def test_a_read_only_project_is_one_line_error_naming_the_directory(repo: Path) 
     assert "writable" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
 def test_an_unreadable_runs_folder_is_an_error_not_an_empty_project(repo: Path) -> None:
     counts(repo)
     runs = repo / ".flor" / "runs"
-    runs.chmod(0)
-    try:
+    with _unreadable(runs):
         with pytest.raises(florsql.OperationalError, match=f"cannot read .*{runs}"):
             florsql.connect(repo)
-    finally:
-        runs.chmod(0o755)
     assert counts(repo) == (expected(2), [])
+
+
+@contextlib.contextmanager
+def _unreadable(folder: Path) -> Iterator[None]:
+    """`folder` cannot be listed: by permissions, or (as root, whom permissions do not stop)
+    by putting a symlink loop in its place, which fails to list with ELOOP."""
+    if os.geteuid() != 0:
+        folder.chmod(0)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    aside = folder.with_name(folder.name + ".aside")
+    folder.rename(aside)
+    folder.symlink_to(folder.name)  # runs -> runs: a loop
+    try:
+        yield
+    finally:
+        folder.unlink()
+        aside.rename(folder)
 
 
 def _read_only(folder: Path):

@@ -12,7 +12,7 @@ import pytest
 
 import flor
 import florsql
-from conftest import TINY_MLP_LOSS_LINE, make_repo, run_script, tiny_mlp_script
+from conftest import TINY_MLP_LOSS_LINE, make_repo, process_alive, run_script, tiny_mlp_script
 from florsql.engine.catalog_session import CatalogSession
 from florsql.engine.replay_plan import plan_replay
 from florsql.engine.replay_pool import (
@@ -58,15 +58,6 @@ def probe(tmp_path: Path) -> Path:
     (tmp_path / "probe.py").write_text(PROBE)
     (tmp_path / "helper.py").write_text("VALUE = 42\n")
     return tmp_path
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _zombie_children() -> list[int]:
@@ -133,14 +124,14 @@ def test_close_kills_a_running_child_and_leaves_no_zombie(probe: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     child = json.loads((probe / "out.txt").read_text())["pid"]
-    assert _alive(child)
+    assert process_alive(child)
     pool.close()
     thread.join(30)
     assert not thread.is_alive() and outcome and not isinstance(outcome[0], int)
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while process_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child) and not _alive(zygote)
+    assert not process_alive(child) and not process_alive(zygote)
     assert _zombie_children() == []
     assert pool.pids == []
 
@@ -197,7 +188,7 @@ def test_a_dead_zygote_is_replaced(probe: Path) -> None:
         old = pool.pids[0]
         os.kill(old, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _alive(old) and time.monotonic() < deadline:
+        while process_alive(old) and time.monotonic() < deadline:
             time.sleep(0.02)
         with pool.lease(1) as z:
             assert z.pid != old and z.run(_task(probe, "ok")) == 0
@@ -263,7 +254,7 @@ def test_two_replays_in_one_session_reuse_the_warm_worker(recorded: Path) -> Non
         assert pool._zygotes[0].tasks == 2
     finally:
         session.close()
-    assert pool.closed and not _alive(zygote) and _zombie_children() == []
+    assert pool.closed and not process_alive(zygote) and _zombie_children() == []
     run_script(recorded, "train.py", "--flor", "a", "--kwargs", "lr=0.05")
     for name, count in (("val_acc", 3), ("w", 18)):
         replayed = _values(recorded, name, "replay")
