@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+# One worker per core; a file's tests stay on one worker, so its recorded runs are made once.
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
