@@ -15,7 +15,8 @@ from .cli_query import (
     print_warnings,
     run_statements,
 )
-from .dbapi import Connection
+from .engine import EngineError
+from .engine.project import locate_project
 from .formatting import format_rows
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
 from .statements import split_statements
@@ -50,9 +51,10 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def project_root(project: str) -> Path | None:
-    """The project's root for its own `queries/`, or None when there is no history there."""
+    """The project's root for its own `queries/`, or None when there is no history there.
+
+    Found without opening the catalog: `florsql run` opens it once, to run the query."""
     try:
-        with Connection(project) as conn:
-            return conn.project.root
-    except exceptions.OperationalError:
+        return locate_project(project).root
+    except EngineError:
         return None
