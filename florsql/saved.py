@@ -96,7 +96,8 @@ def find_query(name: str, project_root: Path | None = None) -> SavedQuery:
 
     close = difflib.get_close_matches(name, list(queries), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise SavedQueryError(f"no saved query named {name!r}{hint} (list them with .queries)")
+    raise SavedQueryError(f"no saved query named {name!r}{hint} (list them with "
+                          "`florsql queries`, or .queries in the shell)")
 
 
 def load_query_file(path: Path) -> SavedQuery:

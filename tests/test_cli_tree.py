@@ -247,3 +247,10 @@ def test_the_demo_ends_with_an_activate_line_and_a_full_path_that_work(tmp_path:
     shell = subprocess.run(["bash", "-c", f"{activate} && command -v florsql"],
                            capture_output=True, text=True, timeout=60)
     assert shell.stdout.strip() == full[0]
+
+
+def test_an_unknown_saved_query_points_at_the_cli_command_that_lists_them(project: Path) -> None:
+    proc = _cli("run", "losess", str(project))
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert "did you mean losses?" in line and "`florsql queries`" in line
