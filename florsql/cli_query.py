@@ -18,7 +18,13 @@ from . import exceptions
 from .dbapi import Connection, Cursor
 from .export import FILE_FORMATS, ExportError, Result, export_format, write_results
 from .formatting import FORMATS, format_rows
-from .statements import Statement, split_statements
+from .statements import (
+    ScriptReadError,
+    Statement,
+    read_sql_file,
+    read_sql_stream,
+    split_statements,
+)
 
 
 def add_project(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +89,8 @@ def add_replay_flags(parser: argparse.ArgumentParser) -> None:
 def query_main(args: argparse.Namespace) -> int:
     try:
         sql = _sql_from(args)
-    except OSError as e:
-        return fail(f"cannot read {e.filename}: {e.strerror}")
+    except ScriptReadError as e:
+        return fail(str(e))
     if sql is None:
         if sys.stdin.isatty() and args.output is None:
             from .shell import run_shell
@@ -220,9 +226,9 @@ def _sql_from(args: argparse.Namespace) -> str | None:
     if args.command is not None:
         return args.command
     if args.file is not None:
-        with open(args.file) as fh:
-            return fh.read()
+        return read_sql_file(args.file)
     if not sys.stdin.isatty():
-        text = sys.stdin.read()
+        stream = getattr(sys.stdin, "buffer", None)
+        text = read_sql_stream(stream, "standard input") if stream else sys.stdin.read()
         return text if text.strip() else None
     return None

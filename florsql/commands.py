@@ -11,7 +11,6 @@ import shlex
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from .completion import CommandSpec
@@ -19,9 +18,9 @@ from .engine.catalog import USER_TABLES
 from .export import ExportError, Result, export_format, write_results
 from .formatting import FORMATS
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments
+from .statements import ScriptReadError, read_sql_file
 
 RECENT_RUNS = 20
-READ_LIMIT = 10 * 1024 * 1024  # .read takes SQL scripts; /dev/zero or a dataset is a mistake
 
 
 class CommandError(Exception):
@@ -190,27 +189,11 @@ def _export(shell: Shell, args: list[str]) -> None:
 
 @command(".read", "FILE.sql", "run the SQL statements in a file", (1, 1), "file")
 def _read(shell: Shell, args: list[str]) -> None:
-    shell.run_text(read_sql_file(args[0]))
-
-
-def read_sql_file(name: str, limit: int = READ_LIMIT) -> str:
-    """The text of a SQL script: at most `limit` bytes of UTF-8 without NUL bytes, read
-    without ever holding more than that (`/dev/zero` never ends)."""
     try:
-        with Path(name).expanduser().open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as e:
-        raise CommandError(f"cannot read {name}: {e.strerror}") from None
-    if len(data) > limit:
-        raise CommandError(f"cannot read {name}: over {limit // (1024 * 1024)} MB, too large "
-                           "for a SQL script")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = "\0"
-    if "\0" in text:
-        raise CommandError(f"cannot read {name}: not a SQL script (binary, or not UTF-8 text)")
-    return text
+        text = read_sql_file(args[0])
+    except ScriptReadError as e:
+        raise CommandError(str(e)) from None
+    shell.run_text(text)
 
 
 @command(".queries", help="list the saved queries with their parameters")

@@ -254,3 +254,16 @@ def test_an_unknown_saved_query_points_at_the_cli_command_that_lists_them(projec
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()
     assert "did you mean losses?" in line and "`florsql queries`" in line
+
+
+def test_a_huge_or_binary_sql_file_or_stdin_is_one_line_not_a_traceback(
+        project: Path, tmp_path: Path) -> None:
+    binary = tmp_path / "q.sql"
+    binary.write_bytes(b"SELECT '\xff'")
+    for proc in (_cli("-f", "/dev/zero", str(project)), _cli("-f", str(binary), str(project))):
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("florsql: error: cannot read ")
+    piped = subprocess.run([str(FLORSQL), str(project)], input=b"SELECT '\xff'",
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 1 and b"standard input: not a SQL script" in piped.stderr
