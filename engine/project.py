@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProjectNotFoundError, ProjectUnreadableError
+from flor import protocol
 
-CATALOG_NAME = "catalog.duckdb"
+from .errors import ProjectNotFoundError, ProjectUnreadableError
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,11 @@ class Project:
 
     @property
     def catalog_path(self) -> Path:
-        return self.home / CATALOG_NAME
+        return self.home / protocol.CATALOG_FILE
 
     @property
     def runs_dir(self) -> Path:
-        return self.home / "runs"
+        return self.home / protocol.RUNS_DIR
 
 
 def locate_project(path: str | os.PathLike = ".") -> Project:
@@ -31,8 +31,8 @@ def locate_project(path: str | os.PathLike = ".") -> Project:
     if not start.exists():
         raise ProjectNotFoundError(str(start))
     root = _git_toplevel(start) or start
-    env = os.environ.get("FLOR_HOME")
-    home = Path(env).expanduser().resolve() if env else root / ".flor"
+    env = os.environ.get(protocol.HOME_ENV)
+    home = Path(env).expanduser().resolve() if env else root / protocol.HOME_DIRNAME
     if not home.is_dir():
         raise ProjectNotFoundError(str(root))
     _check_readable(home)
@@ -42,7 +42,7 @@ def locate_project(path: str | os.PathLike = ".") -> Project:
 def _check_readable(home: Path) -> None:
     """Ingest must list every run: an unreadable `runs/` would look like a project whose
     runs were all deleted, so refuse it up front."""
-    for folder in (home, home / "runs"):
+    for folder in (home, home / protocol.RUNS_DIR):
         if not os.path.lexists(folder):
             continue
         try:  # list it for real: os.access says yes to root, and a link loop is no folder

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .dbapi import Connection, Cursor
-from .engine.errors import ReplayWarning
+from .engine import ReplayWarning
 from .exceptions import (
     DatabaseError,
     DataError,
@@ -18,7 +18,9 @@ from .exceptions import (
     InternalError,
     NotSupportedError,
     OperationalError,
+    Position,
     ProgrammingError,
+    UnknownNameError,
     Warning,
 )
 from .types import (
@@ -84,8 +86,10 @@ __all__ = [
     "InternalError",
     "NotSupportedError",
     "OperationalError",
+    "Position",
     "ProgrammingError",
     "ReplayWarning",
+    "UnknownNameError",
     "Warning",
     "apilevel",
     "connect",

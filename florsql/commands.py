@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .completion import CommandSpec
-from .engine.catalog import USER_TABLES
+from .engine.catalog.schema import USER_TABLES
 from .export import ExportError, Result, export_format, write_results
 from .formatting import FORMATS
 from .saved import SavedQueryError, find_query, list_queries, parse_assignments

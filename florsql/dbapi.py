@@ -20,22 +20,19 @@ from .engine import (
     CatalogSession,
     EngineError,
     IngestReport,
+    QueryAnswer,
     ReplayBudgetError,
+    ReplayPlan,
+    ReplayPolicy,
+    ReplayService,
     ReplayWarning,
     UnknownColumnError,
-)
-from .engine.retro import plan_retroactive
-from .engine.sandbox import run_interruptible
-from .retroactive import (
-    EXPLAIN_REPLAY,
-    PLAN_COLUMNS,
-    ReplayPolicy,
     budget_message,
     check_mode,
-    fill_missing,
+    run_interruptible,
 )
-from .retroactive import plan_rows as _plan_rows
-from .translate import check_read_only, describe, translate
+from .retroactive import EXPLAIN_REPLAY, PLAN_COLUMNS, plan_rows, surface_hints
+from .translate import check_read_only, describe, translate, unknown_name
 
 
 class Connection:
@@ -55,7 +52,7 @@ class Connection:
                  confirm: Any = None, progress: Any = None, surface: str = "python",
                  memory_limit: str | None = None, task_timeout: float | None = None) -> None:
         self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress,
-                                          surface, task_timeout)
+                                          surface_hints(surface), task_timeout)
         self._cursors: weakref.WeakSet[Cursor] = weakref.WeakSet()
         try:
             self.session = CatalogSession(path, memory_limit)
@@ -65,6 +62,9 @@ class Connection:
             raise exc.OperationalError(f"could not open the catalog: {e}") from None
         self.project = self.session.project
         self._con = self.session.con
+        # Plans, runs and ingests every replay of this connection, under the project's lock;
+        # its warm workers live as long as the connection.
+        self.replay_service = ReplayService(self.session)
         self.messages: list[tuple[type, str]] = []
         self._closed = False
 
@@ -123,7 +123,8 @@ class Connection:
 
     def close(self) -> None:
         if not self._closed:
-            self.session.close()  # the catalog, and the warm replay workers with it
+            self.replay_service.close()  # the warm replay workers
+            self.session.close()
             self._closed = True
 
     @property
@@ -151,7 +152,7 @@ class Cursor:
         self.description: tuple | None = None
         self.rowcount = -1
         self.messages: list[tuple[type, str]] = []
-        self.replay_plan: Any = None  # the RetroPlan of the last EXPLAIN REPLAY
+        self.replay_plan: ReplayPlan | None = None  # the plan of the last EXPLAIN REPLAY
         self._result: duckdb.DuckDBPyConnection | None = None
         self._busy = False  # a statement or a fetch is running in DuckDB
         self._has_rows = False
@@ -170,20 +171,20 @@ class Cursor:
         self._end_transaction()
         explain = EXPLAIN_REPLAY.match(sql)
         if explain:
-            return self._explain_replay(explain.group(1), parameters)
+            return self._explain_replay(explain.group(1), parameters, sql)
         session = self.connection.session
         kinds = check_read_only(session.con, sql)
-        prepared = self._fill_missing(sql, parameters, self._prepare(sql, parameters))
+        answer = self._answer(sql, parameters)
         self._result = session.con.cursor()
         try:
-            if prepared.needs_full_view:  # sqlglot could not rewrite it: a temp view does
+            if answer.rewrite.needs_full_view:  # sqlglot could not rewrite it: a temp view does
                 self._result.execute(
                     f"CREATE OR REPLACE TEMP VIEW history AS {session.full_history_sql()}")
             # DuckDB's guard of the catalog: no statement in it can write (sandbox.py guards
             # files and extensions, check_read_only the temp objects this does not cover).
             self._result.execute("BEGIN TRANSACTION READ ONLY")
             result = self._result
-            self._run(lambda: result.execute(prepared.sql, parameters))
+            self._run(lambda: result.execute(answer.rewrite.sql, parameters))
         except duckdb.Error as e:
             self._end_transaction()
             raise translate(e, sql) from None
@@ -195,44 +196,49 @@ class Cursor:
         self.rowcount = -1
         return self
 
-    def _prepare(self, sql: str, parameters: Any) -> Any:
+    def _answer(self, sql: str, parameters: Any) -> QueryAnswer:
+        """The engine's one call: the statement to run, after the replay its policy allows;
+        engine errors become PEP 249 ones, warnings go to `messages` and `warnings`."""
+        connection = self.connection
         try:
-            return self.connection.session.prepare(sql, parameters)
+            prepared = connection.session.prepare(sql, parameters)
         except UnknownColumnError as e:
-            raise exc.ProgrammingError(str(e)) from None
-
-    def _fill_missing(self, sql: str, parameters: Any, prepared: Any) -> Any:
-        """Replay what the query lacks (by the connection's mode); warn about what stays NULL."""
+            raise unknown_name(e, sql) from None
         try:
-            prepared, lines = fill_missing(self.connection.session, prepared, sql, parameters,
-                                           self.connection.replay_policy)
+            answer = connection.replay_service.answer(prepared, sql, parameters,
+                                                      connection.replay_policy)
         except ReplayBudgetError as e:
-            hints = self.connection.replay_policy.hints
-            raise exc.OperationalError(budget_message(e, hints)) from None
+            raise exc.OperationalError(budget_message(e, connection.replay_policy.hints)) \
+                from None
         except EngineError as e:
             raise exc.OperationalError(f"replay failed: {e}") from None
         except duckdb.Error as e:  # the query's own WHERE, run to choose runs, is wrong
-            raise translate(e) from None
-        for line in lines:
+            raise translate(e, sql) from None
+        for line in answer.warnings:
             self.messages.append((exc.Warning, line))
             warnings.warn(line, ReplayWarning, stacklevel=4)
-        return prepared
+        return answer
 
-    def _explain_replay(self, sql: str, parameters: Any) -> Cursor:
-        """`EXPLAIN REPLAY <select>`: the replay plan as rows; nothing runs."""
+    def _explain_replay(self, sql: str, parameters: Any, statement: str) -> Cursor:
+        """`EXPLAIN REPLAY <select>` (`statement`; `sql` is the select): the replay plan as
+        rows; nothing runs."""
         import pyarrow as pa
 
-        session = self.connection.session
+        connection = self.connection
+        session = connection.session
         check_read_only(session.con, sql)
-        analysis = self._prepare(sql, parameters).analysis
         try:
-            plan = (plan_retroactive(session, analysis, self.connection.replay_policy.workers)
+            analysis = session.prepare(sql, parameters).analysis
+            plan = (connection.replay_service.plan_query(analysis,
+                                                         connection.replay_policy.workers)
                     if analysis.replayable else None)
+        except UnknownColumnError as e:
+            raise unknown_name(e, statement) from None
         except duckdb.Error as e:
-            raise translate(e) from None
+            raise translate(e, statement) from None
         except EngineError as e:
             raise exc.OperationalError(str(e)) from None
-        rows = _plan_rows(plan) if plan else []
+        rows = plan_rows(plan) if plan else []
         types = [pa.string()] * 6 + [pa.float64(), pa.string()]
         table = pa.table([pa.array([r[i] for r in rows], type=t) for i, t in enumerate(types)],
                          names=PLAN_COLUMNS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class Warning(Exception):  # noqa: A001  (the name PEP 249 requires)
     """Important warnings, e.g. a record part that could not be ingested."""
@@ -41,3 +43,26 @@ class ProgrammingError(DatabaseError):
 
 class NotSupportedError(DatabaseError):
     """A statement the catalog does not allow: florsql answers queries, it does not take writes."""
+
+
+class Position(NamedTuple):
+    """Where a name appears in the statement: 1-based line and column, 0-based offset."""
+
+    line: int
+    column: int
+    offset: int
+
+
+class UnknownNameError(ProgrammingError):
+    """A statement names a column or table that does not exist. It keeps the structure the
+    message was made from, so a surface can show it without reading the message: `name`, its
+    `closest` known names, `kind` ("column" or "table") and its `position` in the statement
+    (None when it could not be found there)."""
+
+    def __init__(self, message: str, name: str, closest: list[str], kind: str = "column",
+                 position: Position | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.closest = list(closest)
+        self.kind = kind
+        self.position = position

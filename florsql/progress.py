@@ -120,7 +120,7 @@ class _Bar(tqdm):
 
 
 def _state(result: Any) -> str:
-    return f"{result.run.runid} {'ok' if result.ok else 'FAILED'}"
+    return f"{result.task.runid} {'ok' if result.ok else 'FAILED'}"
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 from . import exceptions
 from .dbapi import Connection
-from .engine import EngineError
-from .formatting import format_rows
+from .engine import EngineError, ReplayInterrupted, ReplayPlan
 from .progress import replay_progress
+from .retroactive import describe_plan, task_summary
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +53,6 @@ def replay_main(args: argparse.Namespace) -> int:
     except ValueError:
         return fail(f"--iterations takes outer-loop indices like 3,4, not {args.iterations!r}",
                     code=2)
-    from .engine.replay_run import ReplayInterrupted
-
     with sigterm_as_interrupt() as received:
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -95,40 +93,27 @@ def sigterm_as_interrupt() -> Iterator[list[int]]:
 
 
 def _replay(args: argparse.Namespace, iterations: set[int] | None) -> int:
-    from .engine.replay_plan import plan_replay
-    from .engine.replay_run import run_replay
-
     names = [n.strip() for n in args.names.split(",") if n.strip()]
+    workers = max(1, args.workers)
+
+    def show(plan: ReplayPlan):  # the plan, then the progress bar of its run
+        print(describe_plan(plan, task_summary(plan)), flush=True)
+        return replay_progress(estimate=plan.estimated_seconds) if plan.tasks else None
+
     with Connection(args.project) as conn:
+        service = conn.replay_service
         if not args.dry_run:  # workers import torch (~2 s) while the plan is made
-            conn.session.warm_replay_pool(max(1, args.workers))
-        plan = plan_replay(conn.session, names, args.where, max(1, args.workers), iterations)
-        print(format_rows(*plan_table(plan)))
-        print(f"{len(plan.tasks)} task(s) on {plan.workers} worker(s), "
-              f"estimated {plan.estimated_seconds:.1f} s")
-        if args.dry_run or not plan.tasks:
-            return 1 if any(r.refusal for r in plan.runs) else 0
-        results = run_replay(conn.session, plan, replay_progress(estimate=plan.estimated_seconds),
-                             args.task_timeout)
-    failed = _print_failures(results)
-    refused = [r for r in plan.runs if r.refusal]
-    return 1 if failed or refused else 0
+            service.warm(workers)
+        report = service.replay_names(names, args.where, workers, iterations, on_plan=show,
+                                      dry_run=args.dry_run, task_timeout=args.task_timeout)
+    failed = _print_failures(report.results)
+    return 1 if failed or report.plan.refused else 0
 
 
-def _print_failures(results: list) -> list:
+def _print_failures(results) -> list:
     """One line per failed task (not those stopped by an interrupt); the failed ones."""
     failed = [r for r in results if not r.ok and r.stopped != "interrupted"]
     for r in failed:
-        print(f"florsql: replay of {r.run.runid} ({r.run.tstamp}) failed: {r.error}",
+        print(f"florsql: replay of {r.task.runid} ({r.task.tstamp}) failed: {r.error}",
               file=sys.stderr)
     return failed
-
-
-def plan_table(plan) -> tuple[list[str], list[tuple]]:
-    rows = [(r.runid, r.tstamp, r.vid[:10], ",".join(r.names),
-             "refused: " + r.refusal if r.refusal else
-             f"{len(r.segments)} segment(s)" + (", inner loops skipped" if r.memoize else ""),
-             round(sum(s.seconds for s in r.segments), 1)) for r in plan.runs]
-    return ["runid", "tstamp", "vid", "names", "plan", "est_seconds"], rows
-
-

@@ -36,7 +36,7 @@ from . import __version__, exceptions
 from .commands import CommandError, ExitShell, command_specs, dispatch, user_tables
 from .completion import Catalog, SqlCompleter
 from .dbapi import Connection
-from .engine.retro import RetroPlan
+from .engine import ReplayPlan
 from .export import Result
 from .formatting import display_width, format_rows, format_vertical, underline
 from .progress import replay_progress
@@ -47,7 +47,6 @@ from .statements import split_statements
 DEFAULT_HISTORY = "~/.local/state/florsql/history"
 DEFAULT_PAGER = "less -SRFX"
 _DUCKDB_CARET = re.compile(r"^LINE (\d+): (.*)\n( *)(\^+)", re.MULTILINE)
-_QUOTED = re.compile(r"""['"]([^'"]+)['"]""")
 
 
 def run_shell(project: str, *, input: Input | None = None, output: Output | None = None,
@@ -158,7 +157,7 @@ class Shell:
                 cur = self.conn.execute(sql, params)
                 result = Result.from_cursor(cur) if cur.description else None
         except exceptions.Error as e:
-            self.error(str(e), self._position(sql, str(e)) if locate else None)
+            self.error(str(e), self._position(sql, e) if locate else None)
             return False
         for w in caught:
             self.message(f"warning: {w.message}")
@@ -172,7 +171,7 @@ class Shell:
         self.refresh_catalog()
         return True
 
-    def confirm_replay(self, plan: RetroPlan) -> bool:
+    def confirm_replay(self, plan: ReplayPlan) -> bool:
         """`ask` mode: show the plan and its estimated cost, replay only on a yes."""
         self.message(describe_plan(plan))
         ask = PromptSession(input=self.session.input, output=self.session.output)
@@ -239,14 +238,20 @@ class Shell:
         for w in caught:
             self.message(f"warning: {w.message}")
 
-    def _position(self, sql: str, message: str) -> str | None:
-        """DuckDB's caret under a syntax error, else the first quoted name underlined."""
-        if "syntax error" in message.lower():
+    def _position(self, sql: str, error: exceptions.Error) -> str | None:
+        """The unknown name underlined where the error says it is, or DuckDB's caret under a
+        syntax error."""
+        if isinstance(error, exceptions.UnknownNameError):
+            if error.position is None:
+                return None
+            line = sql.splitlines()[error.position.line - 1]
+            return underline(line, error.position.column - 1, len(error.name))
+        if "syntax error" in str(error).lower():
             try:
                 self._parser.extract_statements(sql)
             except duckdb.Error as e:
                 return _duckdb_caret(str(e))
-        return _name_position(sql, message)
+        return None
 
     def _screen_size(self) -> tuple[int, int]:
         size = self.session.output.get_size()
@@ -300,14 +305,3 @@ def _duckdb_caret(raw: str) -> str | None:
         return None
     prefix = len(f"LINE {found.group(1)}: ")
     return underline(found.group(2), len(found.group(3)) - prefix, len(found.group(4)))
-
-
-def _name_position(sql: str, message: str) -> str | None:
-    """Underline the first quoted name of the message where it appears in the SQL."""
-    for name in _QUOTED.findall(message):
-        pattern = r"(?<![\w$])" + re.escape(name) + r"(?![\w$])"
-        for line in sql.splitlines():
-            found = re.search(pattern, line, re.IGNORECASE)
-            if found:
-                return underline(line, found.start(), len(name))
-    return None

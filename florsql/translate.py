@@ -16,9 +16,7 @@ import re
 import duckdb
 
 from . import exceptions as exc
-from .engine.catalog import USER_TABLES
-from .engine.rewrite import closest
-from .engine.sandbox import MEMORY_ENV
+from .engine import MEMORY_ENV, USER_TABLES, UnknownColumnError, closest
 
 # Kinds sent to DuckDB. COPY, EXPORT and LOAD (INSTALL too) reach it so that its sandbox, not a
 # parser of ours, refuses them; their messages come from translate().
@@ -32,6 +30,8 @@ _WRITES_FILES = re.compile(r"\bEXPORT\s+DATABASE\b|\bCOPY\b[\s\S]*\bTO\s*'", re.
 _FILE = re.compile(r'Cannot (?:access file|access directory|COPY to) "([^"]*)"')
 _LOCKED = re.compile(r'Cannot change configuration option "([^"]+)"')
 _MEMORY = re.compile(r"\(([^()/]+)/([^()]+) used\)")
+_REFERENCED = re.compile(r'Referenced column "([^"]+)" not found')
+_CANDIDATES = re.compile(r'Candidate bindings: (.*)')
 EXPORT_HINT = ("export a result with `florsql -c SQL --output FILE` (.parquet, .csv, .tsv, "
                ".json), `.export FILE` in the shell, or cursor.df(), .arrow() or .pl() in Python")
 MEMORY_HINT = (f"raise it with {MEMORY_ENV}=8GB (or 75%) in the environment or "
@@ -132,7 +132,9 @@ def translate(error: duckdb.Error, sql: str | None = None) -> exc.Error:
             return exc.ProgrammingError(message)
         return exc.OperationalError(message)
     if isinstance(error, duckdb.CatalogException) and "does not exist" in message:
-        return exc.ProgrammingError(_unknown_table(message))
+        return _unknown_table(message, sql)
+    if isinstance(error, duckdb.BinderException) and _REFERENCED.search(message):
+        return _unknown_column(message, str(error), sql)
     if isinstance(error, (duckdb.ParserException, duckdb.BinderException,
                           duckdb.CatalogException, duckdb.ProgrammingError)):
         return exc.ProgrammingError(message)
@@ -189,14 +191,57 @@ def _locked_setting(name: str) -> str:
             "access, no extensions, a fixed memory limit); SET VARIABLE still works")
 
 
-def _unknown_table(message: str) -> str:
+def _unknown_table(message: str, sql: str | None) -> exc.ProgrammingError:
     found = re.search(r'with name "?([^" !]+)"? does not exist', message)
     if not found:
-        return message
+        return exc.ProgrammingError(message)
     name = found.group(1)
-    close = closest(name, [*USER_TABLES, "history"])
+    tables = [*USER_TABLES, "history"]
+    close = closest(name, tables)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown table {name!r}{hint} (tables: {', '.join([*USER_TABLES, 'history'])})"
+    return exc.UnknownNameError(f"unknown table {name!r}{hint} (tables: {', '.join(tables)})",
+                                name, close, "table", locate_name(sql, name))
+
+
+def _unknown_column(message: str, raw: str, sql: str | None) -> exc.UnknownNameError:
+    name = _REFERENCED.search(message).group(1)
+    found = _CANDIDATES.search(raw)
+    close = ([c.strip().strip('"').split(".")[-1].strip('"') for c in found.group(1).split(",")]
+             if found else [])
+    return exc.UnknownNameError(message, name, [c for c in close if c], "column",
+                                locate_name(sql, name))
+
+
+def unknown_name(error: UnknownColumnError, sql: str) -> exc.UnknownNameError:
+    """The engine's unknown column as a PEP 249 error that keeps its name, closest matches
+    and position."""
+    return exc.UnknownNameError(str(error), error.name, error.closest, "column",
+                                locate_name(sql, error.name))
+
+
+def locate_name(sql: str | None, name: str) -> exc.Position | None:
+    """Where `name` first appears in `sql` as a name (quoted or not, any case), found with
+    DuckDB's tokenizer, so a word inside a string or a comment is never taken for it."""
+    if not sql:
+        return None
+    try:
+        tokens = duckdb.tokenize(sql)
+    except (duckdb.Error, RuntimeError):
+        return None
+    wanted = name.lower()
+    for pos, kind in tokens:
+        if kind in (duckdb.token_type.string_const, duckdb.token_type.comment):
+            continue
+        text = sql[pos:pos + len(name) + 2]
+        quoted = text.startswith('"') and text[1:len(name) + 1].lower() == wanted
+        if quoted or (text[:len(name)].lower() == wanted
+                      and not (text[len(name):len(name) + 1].isalnum()
+                               or text[len(name):len(name) + 1] in ("_", "$"))):
+            offset = pos + 1 if quoted else pos
+            line = sql.count("\n", 0, offset) + 1
+            column = offset - (sql.rfind("\n", 0, offset) + 1) + 1
+            return exc.Position(line, column, offset)
+    return None
 
 
 def one_line(message: str) -> str:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .errors import FlorCheckpointError, FlorReplayError, warn_background
 from .housekeeping import atomic_file, write_atomic
 from .rng import RngCapture, capture_rng, decode_rng, restore_rng
@@ -151,7 +152,7 @@ class Checkpointer:
 
     def restore(self, run_dir: Path, loop: str, iteration: int) -> None:
         """Load the checkpoint of (`loop`, `iteration`) into the registered objects and RNGs."""
-        path = checkpoint_path(run_dir / "ckpt", loop, iteration)
+        path = checkpoint_path(run_dir / protocol.CKPT_DIR, loop, iteration)
         if not path.exists() or not path.with_suffix(".json").exists():
             raise FlorReplayError(
                 f"flor: no durable checkpoint for {loop}={iteration} in {run_dir}; "
@@ -170,11 +171,12 @@ class Checkpointer:
 
     def has(self, run_dir: Path, loop: str, iteration: int) -> bool:
         """Whether a durable checkpoint of (`loop`, `iteration`) exists for the run."""
-        return checkpoint_path(run_dir / "ckpt", loop, iteration).with_suffix(".json").exists()
+        path = checkpoint_path(run_dir / protocol.CKPT_DIR, loop, iteration)
+        return path.with_suffix(".json").exists()
 
     def differs_from(self, run_dir: Path, loop: str, iteration: int) -> str | None:
         """What differs between the live objects and RNGs and a checkpoint; None: nothing."""
-        payload = _load(checkpoint_path(run_dir / "ckpt", loop, iteration))
+        payload = _load(checkpoint_path(run_dir / protocol.CKPT_DIR, loop, iteration))
         for name, obj in self.objects.items():
             if not _same(obj.state_dict(), payload["objects"][name]):
                 return f"the code after the inner loop changed {name}"

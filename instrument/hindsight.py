@@ -20,33 +20,39 @@ def replay(apply_vars: list[str] | str, where_clause: str | None = None,
     it to those outer-loop iterations (epochs); `progress` draws a bar on stderr as runs
     finish; `task_timeout` stops a task that runs longer than that many seconds (0: no
     limit; default: FLOR_REPLAY_TASK_TIMEOUT, else max(120 s, 10 x the task's estimate)).
-    Returns the plan as a DataFrame with one row per run: the names replayed, the estimate,
-    and what happened. Ctrl-C stops every task (the finished ones keep their records) and
+    Returns a DataFrame with one row per run: the plan as `florsql replay` and `EXPLAIN
+    REPLAY` show it (runid, tstamp, vid, names, iterations, action, est_seconds, statements),
+    then what happened (status: planned, replayed, failed or refused; memoized; seconds;
+    error). Ctrl-C stops every task (the finished ones keep their records) and
     raises KeyboardInterrupt.
     """
     import pandas as pd
 
-    from florsql.engine.replay_plan import plan_replay
-    from florsql.engine.replay_run import run_replay
     from florsql.progress import replay_progress
+    from florsql.retroactive import PLAN_COLUMNS, plan_rows
 
     names = [apply_vars] if isinstance(apply_vars, str) else list(apply_vars)
+
+    # made once the plan is known, just before the replay starts, so its clock is the replay's
+    def show(plan: Any) -> Any:
+        return replay_progress(estimate=plan.estimated_seconds) if progress else None
+
     with _connection(path) as conn:
         wanted = None if iterations is None else set(iterations)
-        plan = plan_replay(conn.session, names, where_clause, workers or os.cpu_count() or 1,
-                           wanted)
-        # made here, just before the replay starts, so its clock is the replay's
-        bar = replay_progress(estimate=plan.estimated_seconds) if progress else None
-        results = [] if dry_run else run_replay(conn.session, plan, bar, task_timeout)
+        report = conn.replay_service.replay_names(
+            names, where_clause, workers or os.cpu_count() or 1, wanted, on_plan=show,
+            dry_run=dry_run, task_timeout=task_timeout)
     outcome: dict[str, list] = {}
-    for result in results:
-        outcome.setdefault(result.run.tstamp, []).append(result)
-    rows = [_row(run, outcome.get(run.tstamp, []), dry_run) for run in plan.runs]
-    return pd.DataFrame(rows, columns=["runid", "tstamp", "vid", "names", "status",
-                                       "memoized", "est_seconds", "seconds", "error"])
+    for result in report.results:
+        outcome.setdefault(result.task.tstamp, []).append(result)
+    shown = plan_rows(report.plan)  # the runs first, in order
+    rows = [(*row, *_outcome(run, outcome.get(run.tstamp, []), dry_run))
+            for run, row in zip(report.plan.runs, shown, strict=False)]
+    return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "status", "memoized", "seconds",
+                                       "error"])
 
 
-def _row(run: Any, results: list, dry_run: bool) -> tuple:
+def _outcome(run: Any, results: list, dry_run: bool) -> tuple:
     if run.refusal:
         status, error = "refused", run.refusal
     elif dry_run:
@@ -54,7 +60,5 @@ def _row(run: Any, results: list, dry_run: bool) -> tuple:
     else:
         failed = [r for r in results if not r.ok]
         status, error = ("failed", failed[0].error) if failed else ("replayed", None)
-    estimate = sum(s.seconds for s in run.segments)
     memoized = all(r.memoized for r in results) if results else run.memoize
-    return (run.runid, run.tstamp, run.vid, ",".join(run.names), status, memoized,
-            round(estimate, 2), round(sum(r.seconds for r in results), 2), error)
+    return status, memoized, round(sum(r.seconds for r in results), 2), error

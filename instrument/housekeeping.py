@@ -9,7 +9,7 @@ checkpoint's size. `clean_stale_temp_files` removes those, at the start of each 
 ingest:
 
     from flor.housekeeping import clean_stale_temp_files
-    removed = clean_stale_temp_files(Path(".flor"))
+    removed = clean_stale_temp_files(Path(protocol.HOME_DIRNAME))
 
 Staleness rule: a temporary file belongs to the nearest directory holding `run.json`,
 `replay.json` or `heartbeat` (its writer's directory). A writer's directory with `end.json` is
@@ -42,13 +42,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from . import protocol
+
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 FLUSH_SECONDS = float(os.environ.get("FLOR_FLUSH_SECONDS", "2.0"))
 STALE_SECONDS = max(60.0, 10 * FLUSH_SECONDS)
 REMOTE_STALE_SECONDS = 3600.0
-_IDENTITY_FILES = ("run.json", "replay.json")
-_OWNER_FILES = frozenset({*_IDENTITY_FILES, "heartbeat"})
-_TOPS = ("runs", "replays-staging")  # where writers' directories live under the flor home
+_IDENTITY_FILES = (protocol.RUN_IDENT_FILE, protocol.REPLAY_IDENT_FILE)
+_OWNER_FILES = frozenset({*_IDENTITY_FILES, protocol.HEARTBEAT_FILE})
+# where writers' directories live under the flor home
+_TOPS = (protocol.RUNS_DIR, protocol.REPLAYS_STAGING_DIR)
 _MAX_DEPTH = 5  # runs/<key>/replays/<id>/parts
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _MAX_IDENTITY_BYTES = 1 << 20
@@ -135,7 +138,7 @@ class _Sweep:
         with os.scandir(fd) as it:
             entries = list(it)
         names = {e.name for e in entries}
-        if "end.json" in names:
+        if protocol.END_FILE in names:
             return  # its writer finished, and removed what it failed to write: nothing here
         if not names.isdisjoint(_OWNER_FILES):
             owner = _Owner(fd, self.now)
@@ -185,7 +188,7 @@ class _Owner:
         return age > STALE_SECONDS and not alive
 
     def _last_sign_of_life(self) -> float:
-        for name in ("heartbeat", *_IDENTITY_FILES):
+        for name in (protocol.HEARTBEAT_FILE, *_IDENTITY_FILES):
             with contextlib.suppress(OSError):
                 return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mtime
         return os.stat(self.fd).st_mtime

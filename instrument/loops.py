@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import protocol
+
 if TYPE_CHECKING:
     from .run import Session
 
@@ -86,7 +88,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
 
 # A memoized replay whose code after the inner loop changed the checkpointed state or drew
 # random numbers exits with this code; the executor then replays that run in full.
-MEMO_UNSAFE_EXIT = 3
+MEMO_UNSAFE_EXIT = protocol.EXIT_MEMO_UNSAFE
 
 
 def _skip_inner_loop(session: Session) -> None:

@@ -25,8 +25,10 @@ import struct
 import sys
 from array import array
 
-PART_FORMAT = "flor-part/3"
-MAGIC = b"FLORPART3\n"
+from . import protocol
+
+PART_FORMAT = protocol.PART_FORMAT
+MAGIC = protocol.PART_MAGIC
 _BIG_ENDIAN = sys.byteorder == "big"
 _DTYPES = {"I": "<u4", "q": "<i8", "d": "<f8", "B": "u1"}
 

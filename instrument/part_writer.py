@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import protocol
 from .errors import warn_background
 from .housekeeping import write_atomic
 from .part_encode import encode_part
@@ -62,7 +63,7 @@ class PartWriter(threading.Thread):
         self.lost = 0  # records dropped over the bound while the disk refused them
         self._warned = recorder.warned  # one warning per name, whichever thread finds it
         parts_dir.mkdir(parents=True, exist_ok=True)
-        self.heartbeat = parts_dir.parent / "heartbeat"
+        self.heartbeat = parts_dir.parent / protocol.HEARTBEAT_FILE
         self.heartbeat.touch()
 
     def run(self) -> None:

@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .errors import FlorNameError, FlorWarning
 from .part_writer import PartWriter
 
@@ -40,7 +41,7 @@ class Recorder:
         self.args: deque = deque()
         self._by_lower: dict[str, str] = {}
         self.warned: set[object] = set()  # keys of warnings given, shared with the writer
-        self._writer = PartWriter(self, out_dir / "parts", source)
+        self._writer = PartWriter(self, out_dir / protocol.PARTS_DIR, source)
         self._writer.start()
 
     def admit_name(self, name: str) -> bool:

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from . import args as flor_args
+from . import protocol
 from .checkpoints import Checkpointer
 from .errors import FlorStorageError, FlorWarning, warn_background
 from .housekeeping import clean_in_background, write_atomic
@@ -33,7 +34,7 @@ from .recorder import Recorder
 from .replay import ReplaySpec, replay_spec_from_env
 from .snapshot import exclude_from_git, find_repo_root, snapshot_worktree
 
-RUN_FORMAT = "flor-run/1"
+RUN_FORMAT = protocol.RUN_FORMAT
 _ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fuzzy", "keen", "lucid", "mellow",
                "nimble", "plucky", "quiet", "rapid", "sunny", "tidy", "vivid", "witty", "zesty")
 _NOUNS = ("otter", "falcon", "maple", "comet", "badger", "willow", "heron", "cedar", "lynx",
@@ -59,12 +60,12 @@ class Session:
         if self.replay:
             self.run_dir, self.out_dir = self.replay.run_dir, self.replay.out_dir
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._write_identity(self.out_dir / "replay.json", self._replay_identity())
+            self._write_identity(self.out_dir / protocol.REPLAY_IDENT_FILE, self._replay_identity())
         else:
             self.run_dir = self.out_dir = self._start_run()
         source = "replay" if self.replay else "forward"
         self.recorder = Recorder(self.out_dir, source, self.replay.names if self.replay else None)
-        self.checkpointer = Checkpointer(self.run_dir / "ckpt")
+        self.checkpointer = Checkpointer(self.run_dir / protocol.CKPT_DIR)
 
     def _start_run(self) -> Path:
         """Check what a run needs, snapshot the code, make the run's directory."""
@@ -74,7 +75,7 @@ class Session:
         exclude_from_git(self.repo_root, "/.flor/")
         self.vid = snapshot_worktree(self.repo_root, _script_in_repo(self.filename))
         run_dir = self._make_run_dir(runs)
-        self._write_identity(run_dir / "run.json", self._identity())
+        self._write_identity(run_dir / protocol.RUN_IDENT_FILE, self._identity())
         return run_dir
 
     def check_unread_kwargs(self) -> None:
@@ -94,7 +95,7 @@ class Session:
         self.recorder.close()
         end = {"status": self.status, "end_time": _now().isoformat(), "error": self.error}
         try:
-            write_atomic(self.out_dir / "end.json", json.dumps(end).encode())
+            write_atomic(self.out_dir / protocol.END_FILE, json.dumps(end).encode())
         except OSError as exc:  # disk full at exit: say so, never a traceback from atexit
             warn_background(f"flor: could not write {self.out_dir / 'end.json'} "
                             f"({exc.strerror or exc}); the run will show as killed", "flor")
@@ -144,8 +145,8 @@ class Session:
 
 def flor_home(repo_root: Path) -> Path:
     """Where records live: FLOR_HOME, else `<repo>/.flor`."""
-    env = os.environ.get("FLOR_HOME")
-    return Path(env).resolve() if env else repo_root / ".flor"
+    env = os.environ.get(protocol.HOME_ENV)
+    return Path(env).resolve() if env else repo_root / protocol.HOME_DIRNAME
 
 
 def writable_runs_dir(home: Path, repo_root: Path) -> Path:
@@ -156,7 +157,7 @@ def writable_runs_dir(home: Path, repo_root: Path) -> Path:
     follow would leave no record. (A disk that fills up later is different: the training
     already done is worth more than the records, so the run goes on; see part_writer.)
     """
-    runs = home / "runs"
+    runs = home / protocol.RUNS_DIR
     try:
         runs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -18,10 +18,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from . import gitrepo
+from . import gitrepo, protocol
 from .errors import FlorRepoError, FlorWarning
 
-SNAPSHOT_REF_PREFIX = "refs/flor/snapshots/"
+SNAPSHOT_REF_PREFIX = protocol.SNAPSHOT_REF_PREFIX
 # Untracked files bigger than this (logs, datasets) are left out of the snapshot with a warning.
 MAX_UNTRACKED_BYTES = int(os.environ.get("FLOR_SNAPSHOT_MAX_BYTES", 5 * 1024 * 1024))
 _FIXED_IDENTITY = {

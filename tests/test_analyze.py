@@ -9,11 +9,11 @@ import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from florsql.engine.analyze import Analysis, analyze_statement
-from florsql.engine.catalog import open_catalog
+from florsql.engine.catalog.names import HistorySchema, NameInfo
+from florsql.engine.catalog.schema import open_catalog
 from florsql.engine.errors import EngineError, UnknownColumnError
-from florsql.engine.names import HistorySchema, NameInfo
-from florsql.engine.rewrite import rewrite_query
+from florsql.engine.query.analyze import Analysis, analyze_statement
+from florsql.engine.query.rewrite import rewrite_query
 
 FIXTURES = Path(__file__).parent / "fixtures" / "analyze" / "pushdown.sql"
 SCRIPT_NAMES = {"val_acc": "val_acc", "grad_norm": "grad_norm", "loss": "loss", "acc": "acc"}

@@ -22,7 +22,7 @@ def _imports() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     eager: dict[str, set[str]] = {}
     deferred: dict[str, set[str]] = {}
     for package in PACKAGES:
-        for path in (ROOT / package).glob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             module_level = set(_module_level_nodes(tree))
             for node in ast.walk(tree):

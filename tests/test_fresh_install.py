@@ -110,15 +110,23 @@ def test_the_console_scripts_and_python_dash_m_work(fresh_venv: Path, recorded: 
 
 
 def test_the_installed_package_holds_every_module_of_the_checkout(fresh_venv: Path) -> None:
-    code = ("import florsql, florsql.engine, flor, pkgutil\n"
-            "mods = [m.name for p in (florsql, florsql.engine, flor) "
-            "for m in pkgutil.iter_modules(p.__path__)]\n"
+    # walk_packages descends into subpackages: a folder left out of pyproject's list is missed
+    code = ("import florsql, flor, pkgutil\n"
+            "mods = [m.name for p in (florsql, flor) "
+            "for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]\n"
             "print(' '.join(sorted(mods)))")
     proc = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], capture_output=True,
                           text=True, timeout=60, cwd=fresh_venv)
     assert proc.returncode == 0, proc.stderr
     installed = set(proc.stdout.split())
-    in_checkout = {p.stem for d in ("florsql", "engine", "instrument")
-                   for p in (CHECKOUT / d).glob("*.py") if p.stem != "__init__"}
+    roots = {"florsql": "florsql", "engine": "florsql.engine", "instrument": "flor"}
+    in_checkout = set()
+    for folder, name in roots.items():
+        for path in (CHECKOUT / folder).rglob("*.py"):
+            parts = path.relative_to(CHECKOUT / folder).with_suffix("").parts
+            if "__pycache__" not in parts and not (folder == "florsql" and parts[0] == "engine"):
+                in_checkout.add(".".join((name, *parts)).removesuffix(".__init__"))
+    in_checkout -= {"florsql", "flor", "florsql.engine"}
+    assert any(m.startswith("florsql.engine.replay.") for m in in_checkout)
     assert in_checkout <= installed, in_checkout - installed
     assert sys.prefix != str(fresh_venv)  # the check ran in the fresh venv, not this one

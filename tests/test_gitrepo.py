@@ -17,7 +17,7 @@ from conftest import TINY_MLP_LOSS_LINE, git, make_repo, run_script, tiny_mlp_sc
 from flor import gitrepo
 from flor.snapshot import SNAPSHOT_REF_PREFIX, snapshot_worktree
 from florsql.engine.errors import EngineError
-from florsql.engine.replay_plan import _source_at
+from florsql.engine.replay.plan import _source_at
 
 FAILING_HOOK = "#!/bin/sh\necho 'hook says no' >&2\nexit 1\n"
 SCRIPT = tiny_mlp_script(epochs=2)

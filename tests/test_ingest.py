@@ -13,7 +13,7 @@ import pytest
 import florsql
 from conftest import run_script
 from florsql.engine import IngestWarning
-from florsql.engine.parts import read_part
+from florsql.engine.catalog.parts import read_part
 
 SCRIPT = """
 import flor

@@ -9,7 +9,7 @@ from test_replay import V2
 import flor
 import florsql
 from conftest import TINY_MLP_LOSS_LINE, make_repo, run_script, tiny_mlp_script
-from florsql.engine.memo import is_memoizable
+from florsql.engine.code.memo import is_memoizable
 
 EPOCH_LEVEL = V2.replace(
     "        print(\"epoch\", epoch, \"acc\", acc)\n",
@@ -58,7 +58,7 @@ def test_a_memoized_replay_gives_the_values_of_a_fresh_run(tmp_path: Path) -> No
     repo = _project(tmp_path, EPOCH_LEVEL)
     plan = flor.replay("val_acc", path=repo, dry_run=True)
     assert plan.status.tolist() == ["planned"]
-    from florsql.engine.replay_plan import plan_replay
+    from florsql.engine.replay.plan import plan_replay
 
     with florsql.connect(repo) as conn:
         assert plan_replay(conn.session, ["val_acc"]).runs[0].memoize
@@ -124,7 +124,7 @@ def test_the_benchmarks_epoch_statement_is_memoized_where_checkpoints_allow(
     ckpts = sorted(p.name for p in (repo / ".flor" / "runs").glob("*/ckpt/*.json"))
     assert ckpts == [f"epoch-00000{i}.json" for i in (0, 2, 3, 4)]
     (repo / "train.py").write_text(BENCH_TODAY)
-    from florsql.engine.replay_plan import plan_replay
+    from florsql.engine.replay.plan import plan_replay
 
     with florsql.connect(repo) as conn:
         plan = plan_replay(conn.session, ["val_acc"])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import florsql
 from conftest import run_script
 from flor.part_encode import MAGIC, encode_part
-from florsql.engine.parts import PartError, RowBatch, read_part, rows_of_part
+from florsql.engine.catalog.parts import PartError, RowBatch, read_part, rows_of_part
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "000001.part") -> Path:

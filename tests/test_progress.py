@@ -20,8 +20,8 @@ class FakeTerminal(io.StringIO):
 
 
 def task(runid: str, ok: bool = True, seconds: float = 0.0) -> SimpleNamespace:
-    """What the engine passes: a TaskResult's `ok`, `run.runid` and `seconds`."""
-    return SimpleNamespace(ok=ok, run=SimpleNamespace(runid=runid), seconds=seconds)
+    """What the engine passes: a TaskResult's `ok`, `task.runid` and `seconds`."""
+    return SimpleNamespace(ok=ok, task=SimpleNamespace(runid=runid), seconds=seconds)
 
 
 def elapsed(line: str) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from florsql.engine.propagate import Patched, Refusal, find_log_statements, propagate
+from florsql.engine.code.propagate import Patched, Refusal, find_log_statements, propagate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "propagate"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

@@ -146,7 +146,7 @@ def test_replayed_records_survive_a_rebuilt_catalog(replayed: Path) -> None:
 
 
 def test_the_where_clause_picks_the_runs_in_sql_or_pandas_style(replayed: Path) -> None:
-    from florsql.engine.replay_plan import _candidate_runs
+    from florsql.engine.replay.plan import _candidate_runs
 
     with florsql.connect(replayed) as conn:
         by_sql = _candidate_runs(conn.session, "lr > 0.06 AND loss IS NOT NULL")
@@ -154,7 +154,7 @@ def test_the_where_clause_picks_the_runs_in_sql_or_pandas_style(replayed: Path) 
                                     "lr.astype('float') > 0.06 and loss.notna()")
         everything = _candidate_runs(conn.session, None)
     assert by_sql == by_pandas
-    assert {r[1] for r in by_sql} == {"b"} and len(by_sql) == 2  # the run and its fresh twin
+    assert {r.runid for r in by_sql} == {"b"} and len(by_sql) == 2  # the run and its fresh twin
     assert len(everything) == 6
 
 

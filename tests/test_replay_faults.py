@@ -30,8 +30,8 @@ from conftest import (
     run_script,
     tiny_mlp_script,
 )
-from florsql.engine.catalog_session import CatalogSession
-from florsql.engine.replay_plan import plan_replay
+from florsql.engine.query.session import CatalogSession
+from florsql.engine.replay.plan import plan_replay
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, sends signals")
 
@@ -337,7 +337,7 @@ def test_a_live_replays_folders_are_not_removed_by_another(
         project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from florsql.engine.replay_leftovers import remove_leftovers
+    from florsql.engine.replay.leftovers import remove_leftovers
 
     monkeypatch.setattr(tempfile, "tempdir", str(project.parent / "tmp"))
     _hang(project, "lr > 0.07")

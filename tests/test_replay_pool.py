@@ -13,16 +13,9 @@ import pytest
 import flor
 import florsql
 from conftest import TINY_MLP_LOSS_LINE, make_repo, process_alive, run_script, tiny_mlp_script
-from florsql.engine.catalog_session import CatalogSession
-from florsql.engine.replay_plan import plan_replay
-from florsql.engine.replay_pool import (
-    ReplayPool,
-    Task,
-    pool_supported,
-    preload_modules,
-    script_imports,
-)
-from florsql.engine.replay_run import run_replay
+from florsql.engine import CatalogSession, ReplayService, SubprocessExecutor
+from florsql.engine.replay.pool import ReplayPool, Task, pool_supported
+from florsql.engine.replay.preload import preload_modules, script_imports
 
 pytestmark = pytest.mark.skipif(not pool_supported(), reason="no os.fork on this platform")
 
@@ -238,21 +231,23 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_replays_in_one_session_reuse_the_warm_worker(recorded: Path) -> None:
     session = CatalogSession(recorded)
+    service = ReplayService(session)
     try:
-        session.warm_replay_pool(1).join()
-        pool = session.replay_pool
+        service.warm(1).join()
+        pool = service.executor.pool
         assert pool.warm_error is None and len(pool.pids) == 1
         zygote = pool.pids[0]
-        warm_plan = plan_replay(session, ["val_acc"], None, 1)
+        warm_plan = service.plan_names(["val_acc"], None, 1)
         assert warm_plan.startup.pooled and warm_plan.startup.warm_workers == 1
         assert warm_plan.runs[0].memoize and "torch" in warm_plan.modules
-        first = run_replay(session, warm_plan)
-        second = run_replay(session, plan_replay(session, ["w"], None, 1))
+        first = service.run(warm_plan).results
+        second = service.run(service.plan_names(["w"], None, 1)).results
         assert [(r.ok, r.pooled, r.memoized) for r in first] == [(True, True, True)]
         assert [(r.ok, r.pooled) for r in second] == [(True, True)]
         assert pool.pids == [zygote]  # the same zygote served both replays
         assert pool._zygotes[0].tasks == 2
     finally:
+        service.close()
         session.close()
     assert pool.closed and not process_alive(zygote) and _zombie_children() == []
     run_script(recorded, "train.py", "--flor", "a", "--kwargs", "lr=0.05")
@@ -266,15 +261,17 @@ def test_a_cold_plan_counts_the_workers_start(tmp_path: Path) -> None:
     run_script(repo, "train.py", "--flor", "a", env={"FLOR_CHECKPOINT_EVERY": "1"})
     (repo / "train.py").write_text(TODAY)
     session = CatalogSession(repo)
+    service = ReplayService(session)
     try:
-        cold = plan_replay(session, ["w"], None, 1)
+        cold = service.plan_names(["w"], None, 1)
         assert cold.startup.pooled and cold.startup.warm_workers == 0
-        session.warm_replay_pool(1).join()
-        warm = plan_replay(session, ["w"], None, 1)
+        service.warm(1).join()
+        warm = service.plan_names(["w"], None, 1)
         assert warm.startup.warm_workers == 1
         assert cold.estimated_seconds - warm.estimated_seconds == pytest.approx(
             cold.startup.per_worker)
     finally:
+        service.close()
         session.close()
 
 
@@ -287,11 +284,14 @@ def test_without_the_pool_each_task_is_a_new_interpreter(tmp_path: Path,
     result = flor.replay("w", path=repo)
     assert result.status.tolist() == ["replayed"]
     session = CatalogSession(repo)
+    service = ReplayService(session)
     try:
-        assert not plan_replay(session, ["val_acc"], None, 1).startup.pooled
-        session.warm_replay_pool(1).join()
-        assert session._replay_pool is None  # nothing was started
+        plan = service.plan_names(["val_acc"], None, 1)
+        assert not plan.startup.pooled and plan.executor == SubprocessExecutor.name
+        assert isinstance(service.executor, SubprocessExecutor)  # no pool to start
+        service.warm(1).join()
     finally:
+        service.close()
         session.close()
     run_script(repo, "train.py", "--flor", "a")
     assert len(_values(repo, "w", "replay")) == 18
@@ -306,13 +306,15 @@ def test_a_failing_task_in_a_worker_reports_the_tail_of_its_traceback(tmp_path: 
         "        flor.log(\"val_acc\", accuracy(model, VX, VY))\n"
         "        flor.log(\"ratio\", 1 / (epoch - 1))\n"))
     session = CatalogSession(repo)
+    service = ReplayService(session)
     try:
-        results = run_replay(session, plan_replay(session, ["ratio"], None, 1))
+        results = service.run(service.plan_names(["ratio"], None, 1)).results
         assert [(r.ok, r.pooled) for r in results] == [(False, True)]
         assert "ZeroDivisionError" in results[0].error and "exited 1" in results[0].error
         assert not list((repo / ".flor" / "replays-staging").glob("*"))
-        assert session.replay_pool.pids  # the worker survived its child's failure
+        assert service.executor.pool.pids  # the worker survived its child's failure
     finally:
+        service.close()
         session.close()
     assert _values(repo, "ratio", "replay") == []
 
@@ -327,12 +329,14 @@ def test_memo_unsafe_exit_falls_back_to_a_full_replay_in_the_worker(tmp_path: Pa
         "        flor.log(\"val_acc\", accuracy(model, VX, VY) + 0 * torch.rand(1).item())\n")
     (repo / "train.py").write_text(noisy)
     session = CatalogSession(repo)
+    service = ReplayService(session)
     try:
-        plan = plan_replay(session, ["val_acc"], None, 1)
+        plan = service.plan_names(["val_acc"], None, 1)
         assert plan.runs[0].memoize  # the static check passes; the run-time check fails
-        results = run_replay(session, plan)
+        results = service.run(plan).results
         assert [(r.ok, r.pooled, r.memoized) for r in results] == [(True, True, False)]
     finally:
+        service.close()
         session.close()
     (repo / "train.py").write_text(TODAY)
     run_script(repo, "train.py", "--flor", "witness")

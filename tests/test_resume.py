@@ -9,6 +9,7 @@ import pytest
 
 import florsql
 from conftest import run_script
+from flor.protocol import EXIT_BAD_TASK, PROTOCOL_VERSION, REPLAY_ENV, ReplaySpec
 
 STEP_LOSSES = (
     "SELECT lp.iteration AS epoch, st.iteration AS step, l.value_num FROM logs l "
@@ -19,10 +20,9 @@ STEP_LOSSES = (
 
 
 def _replay(repo: Path, run_dir: str, replay_id: str, start: int, stop: int | None) -> None:
-    spec = {"run_dir": run_dir, "replay_id": replay_id, "loop": "epoch",
-            "start": start, "stop": stop}
+    spec = ReplaySpec(Path(run_dir), replay_id, "epoch", start, stop)
     run_script(repo, "train.py", "--kwargs", "epochs=5", "lr=0.05", "--seed", "7",
-               env={"FLOR_REPLAY": json.dumps(spec)})
+               env={REPLAY_ENV: spec.to_json()})
 
 
 @pytest.mark.parametrize("epoch", [1, 3])
@@ -53,13 +53,39 @@ def test_replay_without_a_checkpoint_at_that_epoch_fails_clearly(train_repo: Pat
         saved = {i for (i,) in conn.execute("SELECT iteration FROM checkpoints").fetchall()}
     assert saved == {0, 2, 4, 5}  # every 2nd, plus first, last and end
     missing = 3
-    spec = {"run_dir": run_dir, "replay_id": "r2", "loop": "epoch", "start": missing,
-            "stop": missing + 1}
+    spec = ReplaySpec(Path(run_dir), "r2", "epoch", missing, missing + 1)
     proc = run_script(train_repo, "train.py", "--kwargs", "epochs=5",
-                      env={"FLOR_REPLAY": json.dumps(spec)}, check=False)
+                      env={REPLAY_ENV: spec.to_json()}, check=False)
     assert proc.returncode != 0
     assert f"no durable checkpoint for epoch={missing}" in proc.stderr
 
+
+
+def test_a_replay_task_of_another_protocol_version_is_refused_before_anything_runs(
+        train_repo: Path) -> None:
+    run_script(train_repo, "train.py", "--kwargs", "epochs=2", env={"FLOR_CHECKPOINT_EVERY": "1"})
+    with florsql.connect(train_repo) as conn:
+        run_dir, = conn.execute("SELECT run_dir FROM runs").fetchone()
+    doc = json.loads(ReplaySpec(Path(run_dir), "r9", "epoch", 1, 2).to_json())
+    doc["protocol"] = PROTOCOL_VERSION + 1  # a florsql of a later version asked for it
+    proc = run_script(train_repo, "train.py", "--kwargs", "epochs=2",
+                      env={REPLAY_ENV: json.dumps(doc)}, check=False)
+    assert proc.returncode == EXIT_BAD_TASK
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == [f"flor: this replay task speaks protocol {PROTOCOL_VERSION + 1}, this flor "
+                     f"speaks {PROTOCOL_VERSION}: install the same florsql version where the "
+                     "replay runs as where it was asked for"]
+    assert not (Path(run_dir) / "replays").exists()  # nothing was recorded
+    broken = run_script(train_repo, "train.py", env={REPLAY_ENV: "{not json"}, check=False)
+    assert broken.returncode == EXIT_BAD_TASK and "is not a valid replay spec" in broken.stderr
+
+
+def test_the_replay_spec_round_trips_through_json() -> None:
+    spec = ReplaySpec(Path("/r"), "id", "epoch", 2, None, frozenset({"a", "b"}), Path("/s"),
+                      True, 42)
+    assert ReplaySpec.from_json(spec.to_json()) == spec
+    assert spec.out_dir == Path("/s") and spec.window("epoch") == (2, None)
+    assert spec.window("other") == (0, None)
 
 # Every generator checkpoints cover, drawn so that their cached values matter: numpy's
 # standard_normal and python's gauss cache a second value, so one draw per epoch alternates
@@ -113,9 +139,8 @@ def test_every_rng_is_restored_exactly_and_pruned_runs_replay_from_kept_checkpoi
     assert saved == ([0, 4, 6] if keep else list(range(7)))
     forward = _values_by_epoch(repo, "forward")
     for start in ([1, 2, 3, 4, 5] if keep is None else [4]):
-        spec = {"run_dir": run_dir, "replay_id": f"r{start}", "loop": "epoch",
-                "start": start, "stop": start + 1}
-        run_script(repo, "train.py", env={"FLOR_REPLAY": json.dumps(spec)})
+        spec = ReplaySpec(Path(run_dir), f"r{start}", "epoch", start, start + 1)
+        run_script(repo, "train.py", env={REPLAY_ENV: spec.to_json()})
     replayed = _values_by_epoch(repo, "replay")
     assert replayed and all(replayed[k] == forward[k] for k in replayed)
     assert sorted(replayed) == ([1, 2, 3, 4, 5] if keep is None else [4])

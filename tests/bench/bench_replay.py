@@ -17,7 +17,7 @@ nothing is already replayed), it measures:
      cold, the wall time of `florsql replay val_acc --workers 1` (a subprocess: interpreter,
      catalog, plan, one worker started from nothing); and warm, in this process through the
      library API: open the project, warm the session's replay workers and wait until they are
-     warm (not timed), then time plan_replay + run_replay;
+     warm (not timed), then time the service's plan_names + run;
   2. a step-level `flor.log("grad_norm", ...)` after `loss.backward()`, warm as above:
      2 workers vs 1 (and the values of both agree);
   3. the plan's estimate vs the measured wall time of each replay (cold: the `estimated N s`
@@ -236,10 +236,9 @@ def memo_flags(repo: Path, name: str, workers: int) -> list[bool | None] | str:
     """`RunPlan.memoize` per run (None where the engine has no such field)."""
     try:
         import florsql
-        from florsql.engine.replay_plan import plan_replay
 
         with florsql.connect(repo) as conn:
-            plan = plan_replay(conn.session, [name], None, workers)
+            plan = conn.replay_service.plan_names([name], None, workers)
             return [getattr(run, "memoize", None) for run in plan.runs]
     except Exception as exc:  # the engine may be mid-change: report, don't fail
         return f"unknown ({type(exc).__name__}: {exc})"
@@ -258,27 +257,26 @@ def replay(repo: Path, name: str, workers: int) -> dict:
 
 def warm_replay(repo: Path, name: str, workers: int) -> dict:
     """In this process: open the project, warm its replay workers and wait (not timed), then
-    time plan_replay + run_replay through the library API."""
+    time the service's plan + run through the library API."""
     import florsql
-    from florsql.engine.replay_plan import plan_replay
-    from florsql.engine.replay_run import run_replay
 
     conn = florsql.connect(repo)
     session = conn.session
+    service = conn.replay_service
     try:
         session.refresh()  # builds the catalog, as the cold replay's --dry-run does
         t0 = time.perf_counter()
-        session.warm_replay_pool(workers).join()
+        service.warm(workers).join()
         warm_s = time.perf_counter() - t0
-        pool = session.replay_pool
+        pool = service.executor.pool
         if pool.warm_error is not None:
             raise RuntimeError(f"the replay workers did not start: {pool.warm_error}")
         zygotes = pool.pids
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        plan = plan_replay(session, [name], None, workers)
+        plan = service.plan_names([name], None, workers)
         t1 = time.perf_counter()
-        results = run_replay(session, plan)
+        results = service.run(plan).results
         seconds = time.perf_counter() - t0
         failed = [r.error for r in results if not r.ok]
         out = {"seconds": seconds, "plan_s": t1 - t0, "run_s": seconds - (t1 - t0),
@@ -341,7 +339,7 @@ def bench_epoch(history: Path, scratch: Path, plan: Plan, today: str) -> dict:
             rec["cold"] = replay(repo, "val_acc", 1)
 
         def do_warm(rec: dict = rec, rep: int = rep, repo: Path = warm_repo) -> None:
-            log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: warm: plan_replay + run_replay, "
+            log(f"case 1 rep {rep + 1}/{plan.epoch_reps}: warm: plan_names + run, "
                 "1 warm worker")
             rec["warm"] = warm_replay(repo, "val_acc", 1)
 

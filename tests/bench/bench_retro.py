@@ -15,7 +15,7 @@ Today's script (uncommitted) adds an epoch-level `flor.log("val_acc", ...)`.
 
 Measured, each the median of REPS after one warm-up (the first, cold call is printed apart):
   1. `prepare + plan`: `session.prepare(Q)` (parse, qualify, analysis, rewrite) plus
-     `plan_retroactive` for Q = `SELECT runid, epoch, val_acc FROM history WHERE lr > 0.5xx`
+     `ReplayService.plan_query` for Q = `SELECT runid, epoch, val_acc FROM history WHERE lr > 0.5xx`
      (about half the runs lack val_acc), with a new threshold each call so that nothing is
      cached for that SQL text; after one plan of the plain Q, which read the old versions
      and the catalog facts the process then keeps: target <= 20 ms;
@@ -124,25 +124,25 @@ def timed(fn, reps: int) -> tuple[float, float]:
 
 def measure(repo: Path, reps: int) -> dict:
     import florsql
-    from florsql.engine.retro import plan_retroactive
 
     with florsql.connect(repo, replay="auto") as conn:
         start = time.perf_counter()
         conn.refresh()
         ingest_s = time.perf_counter() - start
         session = conn.session
+        service = conn.replay_service
         start = time.perf_counter()
-        plan = plan_retroactive(session, session.prepare(PLAN_QUERY).analysis)
+        plan = service.plan_query(session.prepare(PLAN_QUERY).analysis)
         cold_ms = (time.perf_counter() - start) * 1e3
-        planned = {"runs": len(plan.replay.runs), "tasks": len(plan.tasks),
-                   "refused": sum(1 for r in plan.replay.runs if r.refusal),
+        planned = {"runs": len(plan.runs), "tasks": len(plan.tasks),
+                   "refused": len(plan.refused),
                    "estimated_s": round(plan.estimated_seconds, 1)}
         queries = iter(PLAN_QUERY.replace("0.5", f"{0.5 + k / 1000:.3f}")
                        for k in range(1, reps + 2))
         # a new query text each time: nothing cached for this SQL; what the process keeps
         # (old versions' sources and patches, catalog facts until the catalog changes) helps
         _, plan_ms = timed(
-            lambda: plan_retroactive(session, session.prepare(next(queries)).analysis), reps)
+            lambda: service.plan_query(session.prepare(next(queries)).analysis), reps)
         rewritten = session.prepare(READ_QUERY).sql
         ours, raw = [], []
         for _ in range(reps + 1):  # alternate, so drift on a shared machine hits both

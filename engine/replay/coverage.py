@@ -10,7 +10,8 @@ way it is asked for.
 
     facts = coverage_facts(session, ["val_acc"])
     needs = run_needs(facts, tstamp, None, ["val_acc"], script_names(...)[filename])
-    # {"val_acc": None} - a whole replay; {"val_acc": frozenset({3, 4, 5})} - three epochs
+    # {"val_acc": None} - a whole replay; {"val_acc": frozenset({3, 4, 5})} - three epochs;
+    # {} - nothing missing
 """
 
 from __future__ import annotations
@@ -18,20 +19,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
-from .catalog_session import CatalogSession
-from .script_names import ScriptName
+from ..code.script_names import ScriptName
+from ..query.session import CatalogSession
+from .model import RunRow
 
 Todo = frozenset[int] | None  # the outer iterations to replay; None: the whole run
+
+
+class ReplayedSpan(NamedTuple):
+    """The outer iterations [start, stop) a finished replay ran, and its names."""
+
+    names: frozenset[str] | None  # lower-cased; None: every name
+    start: int
+    stop: int | None  # None: to the end of the run
 
 
 @dataclass(frozen=True)
 class Coverage:
     """What the catalog holds of some names, kept by the session until the catalog changes."""
 
-    runs: dict[datetime, tuple]  # tstamp -> runid, status, filename, vid, argv, run_dir
+    runs: dict[datetime, RunRow]  # every run, by tstamp
     present: dict[tuple[datetime, str], set[int | None]]  # (tstamp, name) -> outer iterations
-    covered: dict[datetime, list[tuple]]  # tstamp -> (names or None, start, stop) replayed
+    covered: dict[datetime, list[ReplayedSpan]]  # tstamp -> what finished replays ran
     iterations: dict[datetime, list[int]]  # tstamp -> the outer iterations it recorded
 
 
@@ -43,12 +54,13 @@ def coverage_facts(session: CatalogSession, names: Iterable[str]) -> Coverage:
         _recorded_iterations(session)))
 
 
-def run_facts(session: CatalogSession) -> dict[datetime, tuple]:
-    """tstamp -> (runid, status, filename, vid, argv, run_dir) of every run."""
-    def read() -> dict[datetime, tuple]:
+def run_facts(session: CatalogSession) -> dict[datetime, RunRow]:
+    """tstamp -> the `runs` row of every run."""
+    def read() -> dict[datetime, RunRow]:
         rows = session.con.execute(
-            "SELECT tstamp, runid, status, filename, vid, argv, run_dir FROM runs").fetchall()
-        return {row[0]: row[1:] for row in rows}
+            "SELECT tstamp, runid, vid, filename, argv, run_dir, status FROM runs").fetchall()
+        return {t: RunRow(t, runid, vid, filename, tuple(argv or ()), run_dir, status)
+                for t, runid, vid, filename, argv, run_dir, status in rows}
 
     return session.derived(("retro-runs",), read)
 
@@ -64,7 +76,7 @@ def run_needs(facts: Coverage, tstamp: datetime, window: set[int] | None,
             continue
         todo = _todo(logged[name], window, facts.iterations.get(tstamp, []),
                      facts.present.get((tstamp, name)), facts.covered.get(tstamp, []))
-        if todo is not False:
+        if todo is None or todo:  # an empty set: nothing missing
             need[logged[name].name] = todo
     return need
 
@@ -80,20 +92,21 @@ def merge_windows(todos: Iterable[Todo]) -> Todo:
 
 
 def _todo(site: ScriptName, window: set[int] | None, iterations: list[int],
-          present: set[int | None] | None, covered: list[tuple]) -> Todo | bool:
-    """What a run needs of one name: False nothing, None a whole replay, else iterations."""
+          present: set[int | None] | None, covered: list[ReplayedSpan]) -> Todo:
+    """What a run needs of one name: None a whole replay, else the outer iterations (an empty
+    set: nothing)."""
     name = site.name.lower()
-    spans = [(a, b) for names, a, b in covered if names is None or name in names]
+    spans = [(s.start, s.stop) for s in covered if s.names is None or name in s.names]
     if not site.in_loop or not iterations:  # logged once per run: any record will do
         whole = any(a == 0 and b is None for a, b in spans)
-        return False if present or whole else None
+        return frozenset() if present or whole else None
     wanted = set(iterations) if window is None else window & set(iterations)
     done = (present or set()) | {i for i in wanted for a, b in spans
                                  if a <= i and (b is None or i < b)}
     missing = wanted - done
-    if not missing:
-        return False
-    return None if missing == set(iterations) else frozenset(missing)
+    if missing and missing == set(iterations):
+        return None
+    return frozenset(missing)
 
 
 def _present(session: CatalogSession,
@@ -108,15 +121,15 @@ def _present(session: CatalogSession,
     return {(t, n): set(iters) for t, n, iters in rows}
 
 
-def _covered(session: CatalogSession) -> dict[datetime, list[tuple]]:
-    """tstamp -> (names or None, start, stop) of each finished replay."""
+def _covered(session: CatalogSession) -> dict[datetime, list[ReplayedSpan]]:
+    """tstamp -> what each finished replay of it ran."""
     rows = session.con.execute(
         "SELECT tstamp, names, start_iter, stop_iter FROM replays "
         "WHERE status = 'finished' AND start_iter IS NOT NULL").fetchall()
-    out: dict[datetime, list[tuple]] = {}
+    out: dict[datetime, list[ReplayedSpan]] = {}
     for t, names, start, stop in rows:
-        lowered = None if names is None else {n.lower() for n in names}
-        out.setdefault(t, []).append((lowered, start, stop))
+        lowered = None if names is None else frozenset(n.lower() for n in names)
+        out.setdefault(t, []).append(ReplayedSpan(lowered, start, stop))
     return out
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from sqlglot import exp
 
-from .names import IDENTITY_COLUMNS, HistorySchema, NameInfo
+from ..catalog.names import IDENTITY_COLUMNS, HistorySchema, NameInfo
 
 # Forward records outrank replay records; then the later record wins.
 _ORDER_KEY = "CASE WHEN source = 'forward' THEN ord + 4611686018427387904 ELSE ord END"

@@ -2,22 +2,21 @@
 
 The estimate is a makespan: segments assigned longest first to the workers, each segment
 costing its share of the recorded loop time (or two checkpoint reads per skipped inner loop)
-plus its start-up. With warm workers (replay_pool.py) a segment's start-up is a fork plus the
-script's set-up outside the loop, less the imports the worker has already done; a worker that
-is not warm yet first pays an interpreter and those imports, once. Without the pool every
-segment is a new interpreter and pays them all.
+plus its start-up, which the executor says (executor.py): with warm workers a segment's
+start-up is a fork plus the script's set-up outside the loop, less the imports the worker has
+already done, and a worker that is not warm yet first pays an interpreter and those imports,
+once; a process per task pays them all every time.
+
+Every function here returns numbers and segments; none edits the plan it estimates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from .catalog_session import CatalogSession
-from .replay_pool import ALSO_WARM, pool_enabled
-
-if TYPE_CHECKING:
-    from .replay_plan import RunPlan
+from ..query.session import CatalogSession
+from .model import RunPlan, Segment, Startup
 
 # Interpreter start and imports before the script's first flor call, which no record covers
 # (torch alone takes 2-3 s on a 2-core machine).
@@ -28,33 +27,20 @@ FORK_SECONDS = 0.07
 # What a script imports lazily after its first flor call, which a warm worker has imported
 # already: torch's compiler stack, at the first optimizer (about 1 s on a 2-core machine).
 LAZY_IMPORT_SECONDS = 1.0
-_LAZY_MODULES = frozenset(m for extra in ALSO_WARM.values() for m in extra)
 SETUP_FLOOR = 0.02  # the least set-up a segment pays outside its loop
 FINISH_SECONDS = 0.05  # after the tasks: ingest of the new records (~30 ms)
 MAX_SPLIT = 8  # segments per run tried when balancing the workers
 
 
-@dataclass
-class Segment:
-    start: int  # first outer iteration, restored from its checkpoint
-    stop: int | None  # exclusive; None: to the end of the script
-    seconds: float  # estimated
-    full: float | None = None  # estimated with every inner loop run (memoized segments only)
+@dataclass(frozen=True)
+class RunEstimate:
+    """How one run is replayed: the loop its segments cut, whether inner loops are skipped,
+    the segments, or why it cannot be."""
 
-    @property
-    def unmemoized(self) -> float:
-        """The estimate of the full replay a failed memoization check falls back to."""
-        return self.seconds if self.full is None else max(self.seconds, self.full)
-
-
-@dataclass
-class Startup:
-    """What running a segment costs outside its loop."""
-
-    per_segment: float  # every segment: fork or interpreter, set-up, the vid's tree
-    per_worker: float = 0.0  # once per worker that is not warm yet: interpreter and imports
-    warm_workers: int = 0  # workers already warm with the modules (replay_pool.py)
-    pooled: bool = False  # segments run in forked children of warm workers
+    loop: str | None
+    memoize: bool
+    segments: tuple[Segment, ...]
+    refusal: str | None = None
 
 
 @dataclass
@@ -65,7 +51,7 @@ class Timing:
     saved: set[int]
     seconds: dict[int, float]
     read: float  # seconds to read one of its checkpoints
-    cache: dict = field(default_factory=dict, repr=False)  # segments() results, see there
+    cache: dict = field(default_factory=dict, repr=False)  # estimate_run results, see there
 
     @property
     def n_iters(self) -> int:
@@ -77,6 +63,9 @@ class Timing:
         if memoize and i + 1 in self.saved:
             return 2 * self.read
         return self.seconds.get(i, 0.0)
+
+
+NO_TIMING = Timing(None, set(), {}, 0.002)
 
 
 def load_timings(session: CatalogSession) -> dict[str, Timing]:
@@ -114,64 +103,68 @@ def makespan(seconds: list[float], workers: int, startup: Startup) -> float:
     return max((load for load, u in zip(loads, used, strict=True) if u), default=0.0)
 
 
-def balance(runs: list[RunPlan], timings: dict[str, Timing], workers: int,
-            startup: Startup) -> None:
-    """Split the runs into segments so that the estimated makespan is least: every split
-    adds a segment's start-up, so runs are split only where idle workers gain more."""
-    best: tuple[float, dict[str, list[Segment]]] | None = None
+def plan_seconds(seconds: Sequence[float], workers: int, startup: Startup) -> float:
+    """The estimated wall time of a replay of segments costing `seconds`: their makespan on
+    `workers` plus the ingest at the end."""
+    if not seconds:
+        return 0.0
+    return makespan(list(seconds), workers, startup) + FINISH_SECONDS
+
+
+def balance(runs: Sequence[RunPlan], timings: dict[str, Timing], workers: int,
+            startup: Startup) -> dict[str, RunEstimate]:
+    """tstamp -> segments of each run so that the estimated makespan is least: every split
+    adds a segment's start-up, so runs are split only where idle workers gain more.
+    `run.memoize` says whether its patch allows skipping inner loops."""
+    best: tuple[float, dict[str, RunEstimate]] | None = None
     for split in range(1, MAX_SPLIT + 1):
-        segs = {r.tstamp: segments(r, timings[r.tstamp], split, startup) for r in runs}
-        seconds = [seg.seconds for ss in segs.values() for seg in ss]
+        ests = {r.tstamp: estimate_run(timings[r.tstamp], r.memoize, split, startup)
+                for r in runs}
+        seconds = [seg.seconds for e in ests.values() for seg in e.segments]
         span = makespan(seconds, workers, startup) if seconds else 0.0
         if best is not None and span >= best[0] * 0.99:  # a split must gain something
             break
-        best = (span, segs)
+        best = (span, ests)
         if workers == 1 or split >= max((timings[r.tstamp].n_iters for r in runs), default=1):
             break
-    for run in runs:
-        run.segments = best[1][run.tstamp] if best else []
+    return best[1] if best else {}
 
 
-def segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Segment]:
+def estimate_run(t: Timing, memoizable: bool, split: int, startup: Startup) -> RunEstimate:
     """Contiguous ranges of outer iterations, each starting at a durable checkpoint.
 
     Kept on the Timing (which lives until the catalog changes): planning many runs again
     costs a lookup per run."""
-    key = (split, run.memoize, startup.per_segment)
+    key = (split, memoizable, startup.per_segment)
     if key not in t.cache:
-        segs = _segments(run, t, split, startup)
-        t.cache[key] = (run.loop, run.memoize,
-                        [(s.start, s.stop, s.seconds, s.full) for s in segs])
-    run.loop, run.memoize, spans = t.cache[key]
-    return [Segment(*span) for span in spans]
+        t.cache[key] = _estimate_run(t, memoizable, split, startup)
+    return t.cache[key]
 
 
-def _segments(run: RunPlan, t: Timing, split: int, startup: Startup) -> list[Segment]:
+def _estimate_run(t: Timing, memoizable: bool, split: int, startup: Startup) -> RunEstimate:
     if not t.saved or not t.seconds:  # no loop or no checkpoints: the whole script, once
-        run.loop, run.memoize = t.loop, False
-        return [Segment(0, None, startup.per_segment + sum(t.seconds.values()))]
-    run.loop = t.loop
-    if run.memoize and any(i + 1 in t.saved for i in range(t.n_iters)):
+        return RunEstimate(t.loop, False,
+                           (Segment(0, None, startup.per_segment + sum(t.seconds.values())),))
+    if memoizable and any(i + 1 in t.saved for i in range(t.n_iters)):
         # inner loops skipped wherever the state at their end was saved: one cheap segment
-        return [Segment(0, None, startup.per_segment
-                        + sum(t.cost(i, True) for i in range(t.n_iters)),
-                        startup.per_segment + sum(t.seconds.values()))]
-    run.memoize = False
+        return RunEstimate(t.loop, True, (Segment(
+            0, None, startup.per_segment + sum(t.cost(i, True) for i in range(t.n_iters)),
+            startup.per_segment + sum(t.seconds.values())),))
     starts = split_points([i for i in t.saved if i < t.n_iters], t.seconds, split)
     bounds = [*starts[1:], None]
-    return [Segment(a, b, startup.per_segment + sum(v for i, v in t.seconds.items()
-                                                    if i >= a and (b is None or i < b)))
-            for a, b in zip(starts, bounds, strict=True)]
+    return RunEstimate(t.loop, False, tuple(
+        Segment(a, b, startup.per_segment + sum(v for i, v in t.seconds.items()
+                                                if i >= a and (b is None or i < b)))
+        for a, b in zip(starts, bounds, strict=True)))
 
 
-def filtered_segments(run: RunPlan, t: Timing, iterations: set[int],
-                      startup: Startup) -> list[Segment]:
+def estimate_window(t: Timing, memoizable: bool, iterations: set[int],
+                    startup: Startup) -> RunEstimate:
     """One segment per wanted iteration, from the nearest checkpoint; overlaps merged."""
     if not t.saved:
-        run.refusal = "the run has no checkpoints to start the wanted iterations from"
-        return []
-    run.loop = t.loop
-    run.memoize = run.memoize and any(k + 1 in t.saved for k in iterations)
+        return RunEstimate(t.loop, False, (),
+                           "the run has no checkpoints to start the wanted iterations from")
+    memoize = memoizable and any(k + 1 in t.saved for k in iterations)
     spans: list[list[int]] = []
     for k in sorted(iterations):
         start = max(i for i in t.saved if i <= k)
@@ -179,10 +172,11 @@ def filtered_segments(run: RunPlan, t: Timing, iterations: set[int],
             spans[-1][1] = k + 1
         else:
             spans.append([start, k + 1])
-    return [Segment(a, b, startup.per_segment + sum(t.cost(i, run.memoize) for i in range(a, b)),
-                    startup.per_segment + sum(t.cost(i, False) for i in range(a, b))
-                    if run.memoize else None)
-            for a, b in spans]
+    return RunEstimate(t.loop, memoize, tuple(
+        Segment(a, b, startup.per_segment + sum(t.cost(i, memoize) for i in range(a, b)),
+                startup.per_segment + sum(t.cost(i, False) for i in range(a, b))
+                if memoize else None)
+        for a, b in spans))
 
 
 def split_points(ckpt_iters: list[int], seconds: dict[int, float], workers: int) -> list[int]:
@@ -198,19 +192,10 @@ def split_points(ckpt_iters: list[int], seconds: dict[int, float], workers: int)
     return points
 
 
-def startup_costs(session: CatalogSession, modules: list[str]) -> Startup:
-    """What a segment pays outside its loop: the set-up a forward run spends between its
-    first flor call and its loop (median over finished runs), plus the interpreter and
-    imports (IMPORT_SECONDS) for a new process, or a fork for a warm worker."""
-    setup = session.derived("setup_seconds", lambda: _setup_seconds(session))
-    if not pool_enabled():
-        return Startup(IMPORT_SECONDS + setup + WORKTREE_SECONDS)
-    pool: Any = getattr(session, "_replay_pool", None)  # only looked at: planning starts none
-    warm = pool.warm_count(modules) if pool is not None and not pool.closed else 0
-    # forward runs paid the lazy imports inside their set-up; a worker pays them once, ahead
-    lazy = LAZY_IMPORT_SECONDS * sum(1 for m in modules if m in _LAZY_MODULES)
-    return Startup(per_segment=FORK_SECONDS + max(SETUP_FLOOR, setup - lazy),
-                   per_worker=IMPORT_SECONDS + lazy, warm_workers=warm, pooled=True)
+def setup_seconds(session: CatalogSession) -> float:
+    """The set-up a forward run spends between its first flor call and its loop (median over
+    finished runs): what a segment pays outside its loop besides its start."""
+    return session.derived("setup_seconds", lambda: _setup_seconds(session))
 
 
 def _setup_seconds(session: CatalogSession) -> float:

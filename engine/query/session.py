@@ -15,14 +15,16 @@ from typing import TypeVar
 
 import duckdb
 
-from .catalog import SCHEMA_VERSION, open_catalog
+from flor import protocol
+
+from ..catalog.ingest import IngestReport, ingest_project
+from ..catalog.names import HistorySchema, load_history_schema, names_are_stale, refresh_names
+from ..catalog.sandbox import lock_down
+from ..catalog.schema import SCHEMA_VERSION, open_catalog
+from ..code.script_names import script_names, scripts_stamp
+from ..project import Project, locate_project
 from .history import build_history_sql
-from .ingest import IngestReport, ingest_project
-from .names import HistorySchema, load_history_schema, names_are_stale, refresh_names
-from .project import Project, locate_project
 from .rewrite import Rewrite, rewrite_query
-from .sandbox import lock_down
-from .script_names import script_names, scripts_stamp
 
 T = TypeVar("T")
 _HIDDEN_PREFIX = "_"
@@ -62,7 +64,6 @@ class CatalogSession:
         clean_in_background(self.project.home)
         self._schema: HistorySchema | None = None
         self._generation: tuple | None = None
-        self._replay_pool = None  # warm replay workers (replay_pool.py), made on first use
         self._filenames: tuple[tuple | None, list[str]] | None = None
         self._quiet_stamp: tuple | None = None  # see refresh()
         self._derived: dict = {}
@@ -110,7 +111,7 @@ class CatalogSession:
     def _files_stamp(self) -> tuple | None:
         """The mtimes that change when a run or a replay appears; None while too recent."""
         stamps = []
-        for path in (self.project.runs_dir, self.project.home / "replays-staging"):
+        for path in (self.project.runs_dir, self.project.home / protocol.REPLAYS_STAGING_DIR):
             try:
                 stamps.append(path.stat().st_mtime_ns)
             except OSError:
@@ -178,25 +179,5 @@ class CatalogSession:
         """`history` with every column, for the temp-view fallback and `DESCRIBE history`."""
         return build_history_sql(self.history_schema, None)
 
-    @property
-    def replay_pool(self):
-        """This session's warm replay workers: a shell or connection that replays twice reuses
-        them. Created on first use, closed with the session."""
-        with _GUARD:
-            if self._replay_pool is None or self._replay_pool.closed:
-                from .replay_pool import ReplayPool
-
-                self._replay_pool = ReplayPool()
-            return self._replay_pool
-
-    def warm_replay_pool(self, workers: int | None = None) -> threading.Thread:
-        """Start `workers` replay workers (default: one per core) importing what the project's
-        scripts import, in a background thread; join() it to wait until they are warm."""
-        from .replay_run import warm_pool
-
-        return warm_pool(self, workers)
-
     def close(self) -> None:
-        if self._replay_pool is not None:
-            self._replay_pool.close()
         self.con.close()

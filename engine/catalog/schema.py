@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import CatalogLockedError, CatalogNotWritableError, IngestWarning
+from ..errors import CatalogLockedError, CatalogNotWritableError, IngestWarning
 
 SCHEMA_VERSION = "7"
 

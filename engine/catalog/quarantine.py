@@ -13,6 +13,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from flor import protocol
+
 from .parts import insert_arrow
 from .sources import FileState, Listed, Scan, load_file_states, relative
 from .validate import RecordFileError, checkpoint_entry, clean_text, load_json
@@ -35,7 +37,7 @@ class Quarantine:
         if problem is None:
             self.con.execute("DELETE FROM _ingested WHERE path = ?", [f"{self.run_rel}/run.json"])
         else:
-            self._put_file(run_dir / "run.json", "ident", problem,
+            self._put_file(run_dir / protocol.RUN_IDENT_FILE, "ident", problem,
                            f"skipped run {self.run_rel}: {self.run_rel}/run.json is unusable "
                            f"({problem}); the other runs are unaffected: fix or restore that "
                            "file, or delete the run directory")
@@ -46,7 +48,7 @@ class Quarantine:
         rel = relative(loser, self.home)
         drop_run(self.con, rel, previous, keep_quarantined=True)
         message = f"has the tstamp {tstamp} of run {winner}"
-        self._put_file(loser / "run.json", "ident", message,
+        self._put_file(loser / protocol.RUN_IDENT_FILE, "ident", message,
                        f"skipped run {rel}: {rel}/run.json {message}, and two runs never merge; "
                        f"{winner} keeps it: give {rel}/run.json its own tstamp (its directory "
                        "name) or delete that directory", run_rel=rel)
@@ -55,7 +57,8 @@ class Quarantine:
     def replay(self, scan: Scan, tstamp: str) -> None:
         """replay.json is unusable or not written yet: that replay has no rows."""
         if scan.ident_problem is not None:
-            self._put(scan, f"{scan.rel}/replay.json", "ident", _stat(scan.src / "replay.json"),
+            self._put(scan, f"{scan.rel}/{protocol.REPLAY_IDENT_FILE}", "ident",
+                      _stat(scan.src / protocol.REPLAY_IDENT_FILE),
                       scan.ident_problem,
                       f"skipped replay {scan.rel}: {scan.rel}/replay.json is unusable "
                       f"({scan.ident_problem}); the run's other records are unaffected: "
@@ -73,7 +76,7 @@ class Quarantine:
         rel = f"{scan.rel}/end.json"
         if scan.end_problem is None:
             return
-        self._put(scan, rel, "end", _stat(scan.src / "end.json"), scan.end_problem,
+        self._put(scan, rel, "end", _stat(scan.src / protocol.END_FILE), scan.end_problem,
                   f"skipped {rel}: unusable ({scan.end_problem}); the run shows as running or "
                   "killed instead of its end status: fix or delete that file")
 
@@ -91,7 +94,7 @@ class Quarantine:
         """Last resort, after a rollback: a run whose files passed every check but could not
         be stored. Its earlier rows stay; it is tried again at every ingest."""
         self.new_warnings.clear()  # those files' records were rolled back with the run
-        self._put_file(run_dir / "run.json", "ident", reason,
+        self._put_file(run_dir / protocol.RUN_IDENT_FILE, "ident", reason,
                        f"skipped run {self.run_rel}: could not ingest it ({reason}); the other "
                        "runs are unaffected: please report this with that run directory")
         self.con.execute("UPDATE _sources SET sealed = false WHERE run_dir = ?", [self.run_rel])

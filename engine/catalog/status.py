@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 # A live writer touches the heartbeat every FLOR_FLUSH_SECONDS (2 s); allow for slow disks.
 STALE_SECONDS = 60.0
@@ -16,13 +17,18 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def derive_status(run: dict, end: dict | None, heartbeat: Path) -> tuple[str, None, str | None]:
-    """(status, end_time, error): finished/failed/killed from end.json, else running/killed."""
+class RunStatus(NamedTuple):
+    status: str  # finished, failed or killed from end.json; else running or killed
+    error: str | None
+
+
+def derive_status(run: dict, end: dict | None, heartbeat: Path) -> RunStatus:
+    """How a run stands: from end.json when it has one, else from its process and heartbeat."""
     if end is not None:
-        return end.get("status", "finished"), None, end.get("error")
+        return RunStatus(end.get("status", "finished"), end.get("error"))
     if _process_alive(run) and _heartbeat_fresh(heartbeat):
-        return "running", None, None
-    return "killed", None, "the process ended without finishing the run (killed or crashed)"
+        return RunStatus("running", None)
+    return RunStatus("killed", "the process ended without finishing the run (killed or crashed)")
 
 
 def _process_alive(run: dict) -> bool:

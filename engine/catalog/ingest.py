@@ -21,9 +21,11 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import IngestWarning, ProjectUnreadableError
+from flor import protocol
+
+from ..errors import IngestWarning, ProjectUnreadableError
+from ..project import Project
 from .parts import PartError, RowBatch, read_part, rows_of_part
-from .project import Project
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
 from .sources import Scan, load_file_states, relative, scan_source, signature
 from .status import derive_status
@@ -176,7 +178,7 @@ def _scan_run(con, home: Path, run_dir: Path, fresh: bool) -> list[Scan]:
     """The run's own directory first, then its replays, each with what the catalog knows
     (nothing, for a run the catalog has no source of: `fresh`)."""
     dirs = [(run_dir, False)]
-    replays = run_dir / "replays"
+    replays = run_dir / protocol.REPLAYS_DIR
     if replays.is_dir():
         dirs += [(d, True) for d in sorted(replays.iterdir()) if d.is_dir()]
     return [scan_source(home, d, replay, {} if fresh else load_file_states(con, relative(d, home)))
@@ -206,7 +208,7 @@ def _preferred(rel: str, other: str, tstamp: str) -> bool:
 
 def _upsert_run(con, scan: Scan) -> None:
     run, end = scan.ident, scan.end
-    status, _, error = derive_status(run, end, scan.src / "heartbeat")
+    status, error = derive_status(run, end, scan.src / protocol.HEARTBEAT_FILE)
     con.execute(
         "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run["projid"], run["runid"], run["tstamp"], run["vid"], run["filename"], run["argv"],
@@ -217,7 +219,8 @@ def _upsert_run(con, scan: Scan) -> None:
 
 def _upsert_replay(con, tstamp: str, scan: Scan) -> None:
     ident, end = scan.ident, scan.end
-    status = end["status"] if end else derive_status(ident, None, scan.src / "heartbeat")[0]
+    status = (end["status"] if end else
+              derive_status(ident, None, scan.src / protocol.HEARTBEAT_FILE).status)
     con.execute("DELETE FROM replays WHERE replay_id = ? AND tstamp = CAST(? AS TIMESTAMP)",
                 [ident["replay_id"], tstamp])
     con.execute("INSERT INTO replays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

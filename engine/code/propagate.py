@@ -128,8 +128,10 @@ def _plan_name(name: str, sites: list[LogStatement], old: _Old) -> _Plan | Refus
         lines = ", ".join(str(s.lineno) for s in sites)
         return Refusal(name, f"today's script logs {name!r} in {len(sites)} places (lines "
                              f"{lines}); log each place under its own name to replay it")
-    plan = _plan(sites[0], old)
-    return Refusal(name, plan) if isinstance(plan, str) else plan
+    try:
+        return _plan(sites[0], old)
+    except _Refused as refused:
+        return Refusal(name, refused.reason)
 
 
 def _sites(tree: ast.Module, source: str) -> dict[str, list[LogStatement]]:
@@ -201,22 +203,29 @@ def _condition_around(stmt: ast.stmt, call: ast.Call) -> ast.expr | None:
     return outer
 
 
-def _plan(site: LogStatement, old: _Old) -> _Plan | str:
-    aligned = _align(site.chain, old)
-    if isinstance(aligned, str):
-        return aligned
-    level, scopes, skipped = aligned
+class _Refused(Exception):
+    """Why a statement cannot be placed in the old version (raised inside planning only)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _plan(site: LogStatement, old: _Old) -> _Plan:
+    """Where the statement goes in the old version; _Refused with the reason if nowhere."""
+    level, scopes, skipped = _align(site.chain, old)
     block = getattr(level.owner, level.field) if level else old.tree.body
     where = describe(level) if level else "the module level"
     indent = indent_of(old.lines, block)
     if indent is None:
-        return f"{where} of yesterday's script is a one-line block; split it over lines first"
+        raise _Refused(f"{where} of yesterday's script is a one-line block; split it over "
+                       "lines first")
     text, free = renamed_text(site.text, old.rename)
     if skipped is None:
         prev, nxt = _neighbours(site, old.logged)
     elif skipped == 0:
-        return (f"today's script logs it inside {describe(site.chain[0])}, which yesterday's "
-                "script lacks; add the statement to the old version by hand")
+        raise _Refused(f"today's script logs it inside {describe(site.chain[0])}, which "
+                       "yesterday's script lacks; add the statement to the old version by hand")
     else:  # a wrapper only today's script has (`with torch.no_grad():`): place the wrapper
         wrapper, parent = site.chain[skipped], site.chain[skipped - 1]
         prev, nxt = _neighbours_of(wrapper.owner, getattr(parent.owner, parent.field),
@@ -229,8 +238,10 @@ def _plan(site: LogStatement, old: _Old) -> _Plan | str:
         if after is not None and not gaps:
             options.append((place_score(prev, nxt, block, p, old.rename), after))
         missing = gaps or missing
-    return _choose(site, options, missing, where) or _Plan(
-        site.name, max(options)[1], indent, text, site.lineno)
+    why_not = _choose(site, options, missing, where)
+    if why_not:
+        raise _Refused(why_not)
+    return _Plan(site.name, max(options)[1], indent, text, site.lineno)
 
 
 def _choose(site: LogStatement, options: list[tuple[float, int]], missing: list[str],
@@ -252,24 +263,24 @@ def _choose(site: LogStatement, options: list[tuple[float, int]], missing: list[
 
 
 def _align(chain: tuple[Level, ...], old: _Old
-           ) -> tuple[Level | None, list[ast.AST], int | None] | str:
+           ) -> tuple[Level | None, list[ast.AST], int | None]:
     """The old block matching the innermost block of `chain`, the old scopes around it, and the
-    index in `chain` of the first of the innermost wrappers yesterday's script lacks."""
+    index in `chain` of the first of the innermost wrappers yesterday's script lacks; _Refused
+    when a block of `chain` has no single match."""
     level, block, scopes, depths, skipped = None, old.tree.body, [], [0, 0], None
     for j, new in enumerate(chain):
         loop = flor_loop_name(new.owner, depths[0])
         depths[0] += loop is not None
         found = _match(new, loop, block, depths[1], old.rename)
-        if isinstance(found, str):
-            return found
         if found is None and isinstance(new.owner, _WRAPPERS):
             skipped = j if skipped is None else skipped
             continue
         skipped = None
         if found is None:
             where = elsewhere(new.owner, old.tree, old.rename)
-            return (f"today's script logs it inside {describe(new)}, which yesterday's script "
-                    f"lacks at that place{where}; add the statement to the old version by hand")
+            raise _Refused(f"today's script logs it inside {describe(new)}, which yesterday's "
+                           f"script lacks at that place{where}; add the statement to the old "
+                           "version by hand")
         depths[1] += flor_loop_name(found.owner, depths[1]) is not None
         if isinstance(found.owner, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             scopes.append(found.owner)
@@ -278,7 +289,7 @@ def _align(chain: tuple[Level, ...], old: _Old
 
 
 def _match(new: Level, loop: str | None, block: list[ast.stmt], depth: int,
-           rename: dict[str, str]) -> Level | None | str:
+           rename: dict[str, str]) -> Level | None:
     named = loop is not None or kind(new).startswith(("def:", "class:"))
     found = []
     for cand in reachable(block, _DEEP_WRAPPERS if named else _WRAPPERS):
@@ -289,8 +300,8 @@ def _match(new: Level, loop: str | None, block: list[ast.stmt], depth: int,
             found.append((score, cand))
     found.sort(key=lambda pair: -pair[0])
     if len(found) > 1 and found[0][0] - found[1][0] < TIE:
-        return (f"{describe(found[0][1])} and {describe(found[1][1])} of yesterday's script "
-                f"both match {describe(new)} of today's; add the statement by hand")
+        raise _Refused(f"{describe(found[0][1])} and {describe(found[1][1])} of yesterday's "
+                       f"script both match {describe(new)} of today's; add the statement by hand")
     return found[0][1] if found else None
 
 

@@ -27,6 +27,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from flor import protocol
+
 MARKER = ".flor-replay-owner"
 TMP_PREFIX = "flor-replay-"
 
@@ -49,7 +51,8 @@ def remove_leftovers(home: Path) -> dict[Path, str]:
     folders removed, each with its owner's pid."""
     removed: dict[Path, str] = {}
     tmp = Path(tempfile.gettempdir())
-    candidates = [*_children(tmp, TMP_PREFIX), *_children(home / "replays-staging", "")]
+    staging = home / protocol.REPLAYS_STAGING_DIR
+    candidates = [*_children(tmp, TMP_PREFIX), *_children(staging, "")]
     for folder in candidates:
         owner = _dead_owner(folder)
         if owner is not None:

@@ -28,9 +28,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EngineError
-from .replay_pool import Task, Zygote
-from .replay_zygote import LOG_CAP, BoundedLog, kill_group, watch_child
+from flor import protocol
+
+from ..errors import EngineError
+from .pool import Task, Zygote
+from .zygote import LOG_CAP, BoundedLog, kill_group, watch_child
 
 TASK_TIMEOUT_ENV = "FLOR_REPLAY_TASK_TIMEOUT"
 TIMEOUT_FLOOR = 120.0  # seconds: no task is stopped sooner by the default limit
@@ -94,7 +96,7 @@ def timeout_message(limit: float, setting: float | None, estimate: float) -> str
 
 def run_pooled(zygote: Zygote, launch: Launch, cancel: threading.Event) -> Exit:
     """Run `launch` in a child of a warm worker."""
-    out, err = launch.logs / "stdout.log", launch.logs / "stderr.log"
+    out, err = launch.logs / protocol.STDOUT_LOG, launch.logs / protocol.STDERR_LOG
     done = zygote.run_task(Task(cwd=str(launch.cwd), argv=launch.argv, env=launch.env,
                                 stdout=str(out), stderr=str(err), threads=launch.threads,
                                 timeout=launch.limit, log_cap=LOG_CAP), cancel)
@@ -104,7 +106,7 @@ def run_pooled(zygote: Zygote, launch: Launch, cancel: threading.Event) -> Exit:
 def run_process(launch: Launch, cancel: threading.Event) -> Exit:
     """Run `launch` as a new interpreter, in a process group of its own (a new session, so a
     terminal's Ctrl-C reaches florsql, which stops it, and not the task behind its back)."""
-    out, err = launch.logs / "stdout.log", launch.logs / "stderr.log"
+    out, err = launch.logs / protocol.STDOUT_LOG, launch.logs / protocol.STDERR_LOG
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     try:
         proc = subprocess.Popen([sys.executable, *launch.argv], cwd=launch.cwd, env=launch.env,

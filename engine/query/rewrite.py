@@ -20,9 +20,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from ..catalog.names import HistorySchema
 from .analyze import Analysis, analyze_statement
 from .history import build_history_sql
-from .names import HistorySchema
 
 log = logging.getLogger(__name__)
 HISTORY = "history"

@@ -18,6 +18,8 @@ from typing import Any
 
 import duckdb
 
+from flor import protocol
+
 from .validate import (
     RecordFileError,
     clean_text,
@@ -27,8 +29,9 @@ from .validate import (
     run_identity,
 )
 
-PART_SUFFIXES = (".part", ".json")  # flor-part/3, flor-part/2
-_SIGNED = ("", "run.json", "replay.json", "end.json", "parts", "ckpt", "replays")
+PART_SUFFIXES = (protocol.PART_SUFFIX, protocol.LEGACY_PART_SUFFIX)
+_SIGNED = ("", protocol.RUN_IDENT_FILE, protocol.REPLAY_IDENT_FILE, protocol.END_FILE,
+           protocol.PARTS_DIR, protocol.CKPT_DIR, protocol.REPLAYS_DIR)
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,13 @@ def scan_source(home: Path, src: Path, replay: bool, known: dict[str, FileState]
     run_rel = relative(src.parent.parent if replay else src, home)
     scan = Scan(src, relative(src, home), run_rel, replay, signature(src), known=known)
     check = replay_identity if replay else run_identity
-    scan.ident, scan.ident_problem = _read(src / ("replay.json" if replay else "run.json"), check)
-    scan.end, scan.end_problem = _read(src / "end.json", end_status)
-    scan.parts = _listing(home, src / "parts", lambda n: n[:1].isdigit()
+    ident = protocol.REPLAY_IDENT_FILE if replay else protocol.RUN_IDENT_FILE
+    scan.ident, scan.ident_problem = _read(src / ident, check)
+    scan.end, scan.end_problem = _read(src / protocol.END_FILE, end_status)
+    scan.parts = _listing(home, src / protocol.PARTS_DIR, lambda n: n[:1].isdigit()
                           and os.path.splitext(n)[1] in PART_SUFFIXES)
     if not replay:
-        scan.ckpts = _listing(home, src / "ckpt", lambda n: n.endswith(".json"))
+        scan.ckpts = _listing(home, src / protocol.CKPT_DIR, lambda n: n.endswith(".json"))
     return scan
 
 

@@ -26,9 +26,9 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, traverse_scope
 from sqlglot.schema import MappingSchema
 
-from .errors import UnknownColumnError
-from .names import IDENTITY_COLUMNS, HistorySchema
-from .sandbox import lock_down, run_interruptible
+from ..catalog.names import IDENTITY_COLUMNS, HistorySchema
+from ..catalog.sandbox import lock_down, run_interruptible
+from ..errors import UnknownColumnError
 
 log = logging.getLogger(__name__)
 HISTORY = "history"

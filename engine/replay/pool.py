@@ -23,18 +23,17 @@ Lifetime: a zygote exits when its pipe closes (the pool was closed, or its owner
 died), killing its running child's group first; on Linux a child also gets SIGKILL if its
 zygote dies. The owner reaps its zygotes on close() and at interpreter exit, so no zombie is
 left; an interrupted replay kills the zygotes still importing (abort_imports) rather than wait
-for them. The pool's folder of zygote logs is marked with its owner (replay_leftovers.py), so
+for them. The pool's folder of zygote logs is marked with its owner (leftovers.py), so
 that the next replay removes it if the owner was killed.
 FLOR_REPLAY_POOL=0 turns the pool off (one interpreter per task), as does a platform without
 os.fork (and macOS, where forking after importing system frameworks is unsafe).
 
-The zygote's program is replay_zygote.py: it imports only the standard library and is loaded
+The zygote's program is zygote.py: it imports only the standard library and is loaded
 by path, so a zygote imports neither florsql nor flor.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -49,14 +48,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import replay_zygote
-from .replay_leftovers import claim
+from flor import protocol
+
+from . import zygote as replay_zygote
+from .leftovers import claim
 
 POOL_ENV = "FLOR_REPLAY_POOL"
-# Modules that training scripts import lazily, after their first flor call, and that cost
-# seconds: torch's compiler stack, which the first optimizer a script creates pulls in.
-ALSO_WARM = {"torch": ("torch._dynamo",)}
-NEVER_PRELOAD = frozenset({"flor", "florsql", "__main__", "__future__"})
 START_TIMEOUT = 300.0  # seconds for a zygote to start and import its modules
 CLOSE_TIMEOUT = 5.0
 LOG_TAIL = 2000
@@ -74,65 +71,6 @@ def pool_enabled() -> bool:
     """Whether replays use warm workers: a platform with fork, and FLOR_REPLAY_POOL not 0."""
     flag = os.environ.get(POOL_ENV, "1").strip().lower()
     return pool_supported() and flag not in ("0", "false", "no", "off")
-
-
-# ---------------------------------------------------------------------------------------------
-# Which modules to import in a zygote.
-# ---------------------------------------------------------------------------------------------
-
-
-def script_imports(source: str) -> list[str]:
-    """Absolute module names imported at module level (also under top-level if/try/with)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    names: list[str] = []
-
-    def visit(body: list[ast.stmt]) -> None:
-        for stmt in body:
-            if isinstance(stmt, ast.Import):
-                names.extend(alias.name for alias in stmt.names)
-            elif isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module:
-                names.append(stmt.module)
-            elif isinstance(stmt, (ast.If, ast.With, ast.Try, ast.TryStar)):
-                visit(stmt.body)
-                visit(getattr(stmt, "orelse", []))
-                visit(getattr(stmt, "finalbody", []))
-                for handler in getattr(stmt, "handlers", []):
-                    visit(handler.body)
-
-    visit(tree.body)
-    return list(dict.fromkeys(names))
-
-
-def preload_modules(source: str, local: Iterable[str]) -> list[str]:
-    """The modules of `source` worth importing in a zygote: third-party modules (not the
-    standard library, not flor, not the script's own modules `local`, the names of the files
-    and folders beside it), plus what they import lazily at a script's first use."""
-    local = set(local)
-    out: list[str] = []
-    for name in script_imports(source):
-        top = name.split(".")[0]
-        if top in NEVER_PRELOAD or top in local or top in sys.stdlib_module_names:
-            continue
-        out.append(name)
-        out.extend(ALSO_WARM.get(top, ()))
-    return list(dict.fromkeys(out))
-
-
-def local_names(entries: Iterable[str]) -> set[str]:
-    """Importable names of the files and folders in a script's directory."""
-    return {e[:-3] if e.endswith(".py") else e for e in entries}
-
-
-def torch_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +406,7 @@ class ReplayPool:
             env = dict(os.environ)
             if threads:
                 env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-            env.pop("FLOR_REPLAY", None)
+            env.pop(protocol.REPLAY_ENV, None)
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     [self.python, "-c", _BOOT, str(Path(replay_zygote.__file__).resolve()),

@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import duckdb
 
-from .errors import EngineError
+from ..errors import EngineError
 
 T = TypeVar("T")
 MEMORY_ENV = "FLORSQL_MEMORY_LIMIT"

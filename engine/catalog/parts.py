@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from flor import protocol
+
 from .validate import RecordFileError, check_int, check_part, clean_text, one_line, parse_json
 
-BINARY_MAGIC = b"FLORPART3\n"  # flor.part_encode.MAGIC
+BINARY_MAGIC = protocol.PART_MAGIC
 _COLUMN_DTYPES = {"parent": "<u4", "loop": "<u4", "iteration": "<i8", "ctx": "<u4", "name": "<u4",
                   "kind": "u1", "floats": "<f8"}  # as flor.part_encode writes them
 _ORD_STRIDE = 10_000_000  # ord = part seq * stride + position: "last value wins" order
@@ -98,7 +100,7 @@ def _binary_columns(data: bytes) -> tuple[dict, dict]:
     (size,) = struct.unpack_from("<I", data, len(BINARY_MAGIC))
     start = len(BINARY_MAGIC) + 4
     header = parse_json(data[start:start + size])
-    if not isinstance(header, dict) or header.get("format") != "flor-part/3":
+    if not isinstance(header, dict) or header.get("format") != protocol.PART_FORMAT:
         raise ValueError("the header is not a flor-part/3 object")
     offset, cols = start + size, {}
     for name, dtype, count in header["columns"]:
@@ -113,7 +115,7 @@ def _binary_columns(data: bytes) -> tuple[dict, dict]:
 
 def _v2_columns(doc: object) -> tuple[dict, dict]:
     """A flor-part/2 document (JSON lists, explicit context ids) in flor-part/3's shape."""
-    if not isinstance(doc, dict) or doc.get("format") != "flor-part/2":
+    if not isinstance(doc, dict) or doc.get("format") != protocol.LEGACY_PART_FORMAT:
         raise PartError("not a flor-part/2 or flor-part/3 file")
     local: dict = {0: 0}
     loops: dict = {}
