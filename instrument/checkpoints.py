@@ -153,7 +153,7 @@ class Checkpointer:
     def restore(self, run_dir: Path, loop: str, iteration: int) -> None:
         """Load the checkpoint of (`loop`, `iteration`) into the registered objects and RNGs."""
         path = checkpoint_path(run_dir / protocol.CKPT_DIR, loop, iteration)
-        if not path.exists() or not path.with_suffix(".json").exists():
+        if not path.exists() or not path.with_suffix(protocol.CKPT_ENTRY_SUFFIX).exists():
             raise FlorReplayError(
                 f"flor: no durable checkpoint for {loop}={iteration} in {run_dir}; "
                 "replay from an iteration that has one (see the checkpoints table)"
@@ -172,7 +172,7 @@ class Checkpointer:
     def has(self, run_dir: Path, loop: str, iteration: int) -> bool:
         """Whether a durable checkpoint of (`loop`, `iteration`) exists for the run."""
         path = checkpoint_path(run_dir / protocol.CKPT_DIR, loop, iteration)
-        return path.with_suffix(".json").exists()
+        return path.with_suffix(protocol.CKPT_ENTRY_SUFFIX).exists()
 
     def differs_from(self, run_dir: Path, loop: str, iteration: int) -> str | None:
         """What differs between the live objects and RNGs and a checkpoint; None: nothing."""
@@ -309,7 +309,7 @@ class Checkpointer:
         entry = {"loop": loop, "iteration": iteration, "file": path.name,
                  "bytes": path.stat().st_size, "seconds": seconds, "blocked_seconds": blocked,
                  "time": time.time()}
-        write_atomic(path.with_suffix(".json"), json.dumps(entry).encode())
+        write_atomic(path.with_suffix(protocol.CKPT_ENTRY_SUFFIX), json.dumps(entry).encode())
         if self.keep is not None:
             self._prune(loop, iteration)
 
@@ -322,7 +322,8 @@ class Checkpointer:
         self._stride[loop] = stride
         for _, victim in sorted(set(kept) - set(survivors)):
             path = checkpoint_path(self.ckpt_dir, loop, victim)
-            for doomed in (path.with_suffix(".json"), path):  # unlist first, then delete
+            entry = path.with_suffix(protocol.CKPT_ENTRY_SUFFIX)
+            for doomed in (entry, path):  # unlist first, then delete
                 try:
                     os.unlink(doomed)
                 except FileNotFoundError:
@@ -382,7 +383,7 @@ def _copy_all(torch: Any, bufs: list, srcs: list, any_cuda: bool, any_grad: bool
 
 
 def checkpoint_path(ckpt_dir: Path, loop: str, iteration: int) -> Path:
-    return ckpt_dir / f"{loop}-{iteration:06d}.pt"
+    return ckpt_dir / f"{loop}-{iteration:06d}{protocol.CKPT_SUFFIX}"
 
 
 def _cuda_event() -> Any:

@@ -104,7 +104,8 @@ def scan_source(home: Path, src: Path, replay: bool, known: dict[str, FileState]
     scan.parts = _listing(home, src / protocol.PARTS_DIR, lambda n: n[:1].isdigit()
                           and os.path.splitext(n)[1] in PART_SUFFIXES)
     if not replay:
-        scan.ckpts = _listing(home, src / protocol.CKPT_DIR, lambda n: n.endswith(".json"))
+        scan.ckpts = _listing(home, src / protocol.CKPT_DIR,
+                              lambda n: n.endswith(protocol.CKPT_ENTRY_SUFFIX))
     return scan
 
 

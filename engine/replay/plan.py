@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlglot
 from sqlglot import exp
@@ -30,6 +30,7 @@ from ..query.where import parse_where
 from .coverage import coverage_facts, merge_windows, run_needs
 from .estimate import (
     NO_TIMING,
+    RunEstimate,
     balance,
     estimate_window,
     load_timings,
@@ -38,7 +39,7 @@ from .estimate import (
 )
 from .executor import Executor, default_executor
 from .model import Patch, ReplayPlan, RunPlan, RunRequest, RunRow, Skipped
-from .preload import replay_modules
+from .preload import ScriptVersion, replay_modules
 
 __all__ = ["ReplayPlan", "RunPlan", "RunRequest", "plan_replay", "plan_runs"]
 _PATCH_CACHE = 256  # propagation results kept per process (a pure function of its inputs)
@@ -77,32 +78,66 @@ def plan_runs(session: CatalogSession, requests: Sequence[RunRequest], workers: 
               skipped: Sequence[Skipped] = ()) -> ReplayPlan:
     """The replay of exactly `requests`: patches, segments and the estimate."""
     executor = executor or default_executor()
+    _read_sources(session.project.root, requests)
     # filename -> today's source, or why it cannot be read
     today: dict[str, str | OSError] = {}
-    _read_sources(session.project.root, requests)
-    patched = [_run_plan(session, request, today) for request in requests]
+    runs_dir = str(session.project.runs_dir)
+    patched = [_patched(session, q, today, runs_dir) for q in requests]
+    ready = [p for p in patched if p.refusal is None]
     workers = max(1, workers)
-    modules = _modules(session, executor, patched)
+    modules = (replay_modules(session.project.root,
+                              [ScriptVersion(p.run.vid, p.run.filename, p.patch.source)
+                               for p in ready]) if executor.preloads else [])
     startup = executor.startup(setup_seconds(session), modules)
     timings = load_timings(session)
-    ready = [r for r in patched if r.refusal is None]
-    for_timing = {r.tstamp: timings.get(r.tstamp, NO_TIMING) for r in ready}
-    whole = balance([r for r in ready if r.iterations is None], for_timing, workers, startup)
+    for_timing = {p.tstamp: timings.get(p.tstamp, NO_TIMING) for p in ready}
+    whole = balance([p for p in ready if p.request.iterations is None], for_timing, workers,
+                    startup)
     runs = []
-    for run in patched:
-        if run.refusal is None:
-            est = (whole[run.tstamp] if run.iterations is None else
-                   estimate_window(for_timing[run.tstamp], run.memoize, set(run.iterations),
+    for p in patched:
+        est = None
+        if p.refusal is None:
+            est = (whole[p.tstamp] if p.request.iterations is None else
+                   estimate_window(for_timing[p.tstamp], p.memoize, set(p.request.iterations),
                                    startup))
-            run = replace(run, loop=est.loop, memoize=est.memoize, segments=est.segments,
-                          refusal=est.refusal)
-        runs.append(run)
+        runs.append(_run_plan(p, est))
     all_names = names or sorted({n for q in requests for n in q.names})
     seconds = [s.seconds for r in runs if r.refusal is None for s in r.segments]
     return ReplayPlan(names=tuple(all_names), runs=tuple(runs), workers=workers,
                       executor=executor.name, startup=startup, modules=tuple(modules),
                       estimated_seconds=plan_seconds(seconds, workers, startup),
                       skipped=tuple(skipped))
+
+
+class _Patched(NamedTuple):
+    """A request with its patch (or why there is none), before the estimate."""
+
+    request: RunRequest
+    tstamp: str
+    run_dir: str  # where the run's folder is now (the project may have moved)
+    patch: Patch | None
+    refusal: str | None
+
+    @property
+    def run(self) -> RunRow:
+        return self.request.run
+
+    @property
+    def memoize(self) -> bool:  # what balance() reads: may inner loops be skipped
+        return self.patch is not None and self.patch.memoizable
+
+
+def _run_plan(p: _Patched, est: RunEstimate | None) -> RunPlan:
+    """The run's plan, made once (a frozen dataclass costs microseconds per copy)."""
+    row, patch = p.run, p.patch
+    iterations = p.request.iterations
+    return RunPlan(
+        p.tstamp, row.runid, row.vid, row.filename, tuple(row.argv[1:]), p.run_dir,
+        tuple(p.request.names), None if iterations is None else tuple(sorted(iterations)),
+        loop=est.loop if est else None, patched=patch.source if patch else None,
+        refusal=p.refusal or (est.refusal if est else None),
+        memoize=est.memoize if est else bool(patch and patch.memoizable),
+        segments=est.segments if est else (), statements=patch.statements if patch else ())
 
 
 def _candidate_runs(session: CatalogSession, where: str | None) -> list[RunRow]:
@@ -120,14 +155,10 @@ def _candidate_runs(session: CatalogSession, where: str | None) -> list[RunRow]:
             in session.con.execute(sql.sql(dialect="duckdb")).fetchall()]
 
 
-def _run_plan(session: CatalogSession, request: RunRequest,
-              today: dict[str, str | OSError]) -> RunPlan:
+def _patched(session: CatalogSession, request: RunRequest, today: dict[str, str | OSError],
+             runs_dir: str) -> _Patched:
     row = request.run
-    # the project may have moved since the run: its folder is where the runs are now
-    run_dir = str(session.project.runs_dir / row.run_dir.rsplit("/", 1)[-1])
-    plan = RunPlan(str(row.tstamp), row.runid, row.vid, row.filename, tuple(row.argv[1:]),
-                   run_dir, tuple(request.names),
-                   None if request.iterations is None else tuple(sorted(request.iterations)))
+    run_dir = f"{runs_dir}/{row.run_dir.rsplit('/', 1)[-1]}"
     if row.filename not in today:
         try:
             today[row.filename] = (session.project.root / row.filename).read_text()
@@ -137,9 +168,8 @@ def _run_plan(session: CatalogSession, request: RunRequest,
         patch = _patch(session.project.root, row.vid, row.filename, request.names,
                        today[row.filename])
     except PatchRefused as refused:
-        return replace(plan, refusal=refused.reason)
-    return replace(plan, patched=patch.source, memoize=patch.memoizable,
-                   statements=patch.statements)
+        return _Patched(request, str(row.tstamp), run_dir, None, refused.reason)
+    return _Patched(request, str(row.tstamp), run_dir, patch, None)
 
 
 class PatchRefused(Exception):
@@ -177,13 +207,6 @@ def _patch(root: Path, vid: str, filename: str, names: tuple[str, ...],
     if isinstance(cached, PatchRefused):
         raise PatchRefused(cached.reason)
     return cached
-
-
-def _modules(session: CatalogSession, executor: Executor, runs: list[RunPlan]) -> list[str]:
-    """What warm workers import ahead for these runs (none for other executors)."""
-    if not executor.preloads:
-        return []
-    return replay_modules(session.project.root, [r for r in runs if r.refusal is None])
 
 
 def _read_sources(root: Path, requests: list[RunRequest]) -> None:

@@ -11,9 +11,9 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from ..query.session import CatalogSession
-from .model import RunPlan
 
 # Modules that training scripts import lazily, after their first flor call, and that cost
 # seconds: torch's compiler stack, which the first optimizer a script creates pulls in.
@@ -78,18 +78,23 @@ def torch_installed() -> bool:
         return False
 
 
-def replay_modules(root: Path, runs: Iterable[RunPlan]) -> list[str]:
+class ScriptVersion(NamedTuple):
+    """A script as a replay runs it: its version, its path in the project, its source."""
+
+    vid: str
+    filename: str
+    source: str
+
+
+def replay_modules(root: Path, scripts: Iterable[ScriptVersion]) -> list[str]:
     """What the pool's workers import ahead: the patched scripts' heavy imports."""
-    runs = list(runs)
-    entries = _entries_at(root, {(r.vid, str(Path(r.filename).parent)) for r in runs})
+    unique = list({(s.vid, s.filename): s for s in scripts}.values())
+    folders = {(s.vid, os.path.dirname(s.filename) or ".") for s in unique}
+    entries = _entries_at(root, folders)
     modules: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for run in runs:
-        if (run.vid, run.filename) in seen:
-            continue
-        seen.add((run.vid, run.filename))
-        local = local_names(entries.get((run.vid, str(Path(run.filename).parent)), []))
-        modules.extend(preload_modules(run.patched or "", local))
+    for s in unique:
+        local = local_names(entries.get((s.vid, os.path.dirname(s.filename) or "."), []))
+        modules.extend(preload_modules(s.source, local))
     return list(dict.fromkeys(modules))
 
 

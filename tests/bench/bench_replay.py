@@ -225,7 +225,8 @@ def dry_run(repo: Path, name: str, workers: int) -> dict:
     what the plan says about memoization when the engine has that notion."""
     out = checked([*florsql_argv(), "replay", name, "--workers", str(workers), "--dry-run",
                    "--project", str(repo)], repo)
-    found = re.search(r"(\d+) task\(s\) on \d+ worker\(s\), estimated ([\d.]+) s", out.stdout)
+    found = re.search(r"(\d+) task\(s\) on \d+ worker\(s\)(?: \([^)]*\))?, estimated ([\d.]+) s",
+                      out.stdout)
     if not found:
         raise RuntimeError(f"no estimate in the dry-run output:\n{out.stdout[-2000:]}")
     return {"estimated_s": float(found.group(2)), "tasks": int(found.group(1)),
@@ -238,7 +239,7 @@ def memo_flags(repo: Path, name: str, workers: int) -> list[bool | None] | str:
         import florsql
 
         with florsql.connect(repo) as conn:
-            plan = conn.replay_service.plan_names([name], None, workers)
+            plan = _api(conn).plan([name], workers)
             return [getattr(run, "memoize", None) for run in plan.runs]
     except Exception as exc:  # the engine may be mid-change: report, don't fail
         return f"unknown ({type(exc).__name__}: {exc})"
@@ -255,6 +256,38 @@ def replay(repo: Path, name: str, workers: int) -> dict:
     return result
 
 
+class _api:
+    """The library calls a warm replay makes: the replay service's, or (to compare with
+    commits before it) the session's pool with plan_replay and run_replay."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.service = getattr(conn, "replay_service", None)
+
+    def warm(self, workers: int):
+        if self.service is not None:
+            return self.service.warm(workers)
+        return self.conn.session.warm_replay_pool(workers)
+
+    def pool(self):
+        return (self.service.executor.pool if self.service is not None
+                else self.conn.session.replay_pool)
+
+    def plan(self, names: list[str], workers: int):
+        if self.service is not None:
+            return self.service.plan_names(names, None, workers)
+        from florsql.engine.replay_plan import plan_replay
+
+        return plan_replay(self.conn.session, names, None, workers)
+
+    def run(self, plan) -> list:
+        if self.service is not None:
+            return list(self.service.run(plan).results)
+        from florsql.engine.replay_run import run_replay
+
+        return run_replay(self.conn.session, plan)
+
+
 def warm_replay(repo: Path, name: str, workers: int) -> dict:
     """In this process: open the project, warm its replay workers and wait (not timed), then
     time the service's plan + run through the library API."""
@@ -262,21 +295,21 @@ def warm_replay(repo: Path, name: str, workers: int) -> dict:
 
     conn = florsql.connect(repo)
     session = conn.session
-    service = conn.replay_service
+    api = _api(conn)
     try:
         session.refresh()  # builds the catalog, as the cold replay's --dry-run does
         t0 = time.perf_counter()
-        service.warm(workers).join()
+        api.warm(workers).join()
         warm_s = time.perf_counter() - t0
-        pool = service.executor.pool
+        pool = api.pool()
         if pool.warm_error is not None:
             raise RuntimeError(f"the replay workers did not start: {pool.warm_error}")
         zygotes = pool.pids
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        plan = service.plan_names([name], None, workers)
+        plan = api.plan([name], workers)
         t1 = time.perf_counter()
-        results = service.run(plan).results
+        results = api.run(plan)
         seconds = time.perf_counter() - t0
         failed = [r.error for r in results if not r.ok]
         out = {"seconds": seconds, "plan_s": t1 - t0, "run_s": seconds - (t1 - t0),

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -102,11 +103,25 @@ def clone_runs(runs_dir: Path, total: int) -> None:
         (dst / "run.json").write_text(json.dumps(run))
         (dst / "parts").mkdir()
         for part in (src / "parts").iterdir():
-            doc = json.loads(part.read_text())
-            doc["args"] = [[k, i / total if k == "lr" else v] for k, v in doc.get("args", [])]
-            (dst / "parts" / part.name).write_text(json.dumps(doc))
+            (dst / "parts" / part.name).write_bytes(_with_lr(part.read_bytes(), i / total))
     for seed in seeds:
         shutil.rmtree(seed)
+
+
+def _with_lr(data: bytes, lr: float) -> bytes:
+    """A record part with its `lr` arg set to `lr`: flor-part/3 (magic, u32 header length,
+    JSON header, binary columns) or flor-part/2 (one JSON document)."""
+    magic = b"FLORPART3\n"
+    if data.startswith(magic):
+        (size,) = struct.unpack_from("<I", data, len(magic))
+        start = len(magic) + 4
+        header = json.loads(data[start:start + size])
+        header["args"] = [[k, lr if k == "lr" else v] for k, v in header.get("args", [])]
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return magic + struct.pack("<I", len(head)) + head + data[start + size:]
+    doc = json.loads(data)
+    doc["args"] = [[k, lr if k == "lr" else v] for k, v in doc.get("args", [])]
+    return json.dumps(doc).encode()
 
 
 def timed(fn, reps: int) -> tuple[float, float]:
@@ -122,6 +137,16 @@ def timed(fn, reps: int) -> tuple[float, float]:
     return first, median(samples)
 
 
+def _planner(conn):
+    """The retroactive planner: the replay service's, or (to compare with commits before it)
+    the engine's plan_retroactive."""
+    if hasattr(conn, "replay_service"):
+        return conn.replay_service.plan_query
+    from florsql.engine.retro import plan_retroactive
+
+    return lambda analysis: plan_retroactive(conn.session, analysis)
+
+
 def measure(repo: Path, reps: int) -> dict:
     import florsql
 
@@ -130,19 +155,20 @@ def measure(repo: Path, reps: int) -> dict:
         conn.refresh()
         ingest_s = time.perf_counter() - start
         session = conn.session
-        service = conn.replay_service
+        plan_query = _planner(conn)
         start = time.perf_counter()
-        plan = service.plan_query(session.prepare(PLAN_QUERY).analysis)
+        plan = plan_query(session.prepare(PLAN_QUERY).analysis)
         cold_ms = (time.perf_counter() - start) * 1e3
-        planned = {"runs": len(plan.runs), "tasks": len(plan.tasks),
-                   "refused": len(plan.refused),
+        runs = getattr(plan, "replay", plan).runs  # older engines wrapped it in a RetroPlan
+        planned = {"runs": len(runs), "tasks": len(plan.tasks),
+                   "refused": sum(1 for r in runs if r.refusal),
                    "estimated_s": round(plan.estimated_seconds, 1)}
         queries = iter(PLAN_QUERY.replace("0.5", f"{0.5 + k / 1000:.3f}")
                        for k in range(1, reps + 2))
         # a new query text each time: nothing cached for this SQL; what the process keeps
         # (old versions' sources and patches, catalog facts until the catalog changes) helps
         _, plan_ms = timed(
-            lambda: service.plan_query(session.prepare(next(queries)).analysis), reps)
+            lambda: plan_query(session.prepare(next(queries)).analysis), reps)
         rewritten = session.prepare(READ_QUERY).sql
         ours, raw = [], []
         for _ in range(reps + 1):  # alternate, so drift on a shared machine hits both

@@ -29,9 +29,11 @@ def git(repo: Path, *argv: str) -> None:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a measured subprocess: no FLOR_* or venv leakage, one BLAS thread."""
+    """The environment of a measured subprocess: no FLOR_* or venv leakage, one BLAS thread.
+    PYTHONPATH passes through, so that a paired A/B run can point both the benchmark and its
+    subprocesses at another checkout."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLOR", "VIRTUAL_ENV", "PYTHON"))}
+           if not k.startswith(("FLOR", "VIRTUAL_ENV", "PYTHON")) or k == "PYTHONPATH"}
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, **(extra or {}))
     return env
 
