@@ -10,7 +10,8 @@ then, for each task, forks a child. The child sets the task's environment, worki
 stdout and stderr going through the zygote into bounded log files; its exit code means what a
 subprocess's would (0 ok, 3 memoization unsafe, anything else a failure). The child leads a
 process group of its own, which the zygote kills at the task's time limit or when the owner
-cancels the task (Zygote.run_task), so that a stop also ends what the script started.
+cancels the task (Zygote.run_task, zygote_handle.py), so that a stop also ends what the script
+started.
 
 Why the fork is safe: the zygote runs no code of the scripts and no torch operation, so there
 is no intra-op thread pool, CUDA context or RNG draw to inherit; `flor` is never imported
