@@ -54,6 +54,10 @@ class Analysis:
     condition: exp.Expression | None = None
     params: dict[str, Any] = field(default_factory=dict)
     widened: bool = False  # some scope that needs a replayable name has no usable filter
+    # Rows of `history` no read of it can see outside these runs: a filter over identity
+    # columns (runid, tstamp, ...) that rejects NULL, so history.py can apply it to the
+    # tables before its joins. None: every run (some read has no such filter).
+    run_filter: exp.Expression | None = None
 
     def merge(self, other: Analysis) -> None:
         self.referenced |= other.referenced
@@ -91,8 +95,10 @@ def analyze_statement(statement: exp.Expression, schema: HistorySchema,
                         widened=bool(found & set(script_names)))
     run_level = _run_level_columns(schema)
     out = Analysis(referenced=selected)
+    storage: list[exp.Expression | None] = []
     for scope in traverse_scope(qualified):
         for alias in _history_aliases(scope):  # each alias of history chooses its own rows
+            storage.append(_identity_filter(scope, alias))
             cols = {c.name.lower() for c in scope.columns if c.table == alias}
             out.referenced |= cols
             wanted = cols & spelled & set(script_names)
@@ -102,7 +108,42 @@ def analyze_statement(statement: exp.Expression, schema: HistorySchema,
                 out.widened = out.widened or condition is None
                 out.condition = _or(out.condition, condition)
     out.params = bound or {}
+    if storage and all(c is not None for c in storage):
+        for condition in storage:
+            out.run_filter = _or(out.run_filter, condition)
     return out
+
+
+_IDENTITY = frozenset(c.lower() for c in IDENTITY_COLUMNS)
+_NULL_REJECTING = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between,
+                   exp.Like, exp.ILike)
+_CONSTANT = (exp.Literal, exp.Cast, exp.Neg, exp.Paren, exp.Tuple)
+
+
+def _identity_filter(scope: Scope, alias: str) -> exp.Expression | None:
+    """The AND of the scope's WHERE conjuncts over identity columns of `alias` that compare
+    them with constants (no parameters), each false for a NULL row, so that applying them
+    inside `history` changes no result, outer joins included."""
+    where = scope.expression.args.get("where")
+    if where is None:
+        return None
+    kept = [_unqualified(c) for c in _conjuncts(where.this) if _null_rejecting(c, alias)]
+    return exp.and_(*kept) if kept else None
+
+
+def _null_rejecting(cond: exp.Expression, alias: str) -> bool:
+    cond = cond.unnest()
+    if isinstance(cond, exp.And | exp.Or):
+        return _null_rejecting(cond.this, alias) and _null_rejecting(cond.expression, alias)
+    if not isinstance(cond, _NULL_REJECTING) or cond.find(exp.Placeholder, exp.Parameter):
+        return False
+    cols = list(cond.find_all(exp.Column))
+    operands = [cond.this, cond.args.get("expression"), *cond.args.get("expressions", []),
+                cond.args.get("low"), cond.args.get("high")]
+    return (len(cols) == 1 and cols[0].table == alias and cols[0].name.lower() in _IDENTITY
+            and all(isinstance(o, exp.Column)
+                    or (isinstance(o, _CONSTANT) and not o.find(exp.Column))
+                    for o in operands if o is not None))
 
 
 def qualify_history(statement: exp.Expression, history_cols: dict[str, str],

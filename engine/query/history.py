@@ -9,6 +9,7 @@ context the last value wins, and a forward value wins over a replayed one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from sqlglot import exp
 
@@ -29,8 +30,11 @@ _VALUE_EXPR = {
 }
 
 
-def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None) -> str:
-    """SQL of `history` restricted to `referenced` columns (None: every column)."""
+def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None,
+                      run_filter: str | None = None) -> str:
+    """SQL of `history` restricted to `referenced` columns (None: every column) and to the
+    runs `run_filter` (SQL over `runs` columns) keeps, applied before the joins: a query of one
+    run's curve reads that run's records, not every run's."""
     wanted = set(schema.columns()) if referenced is None else {c.lower() for c in referenced}
     values = [i for k, i in sorted(schema.values.items()) if k in wanted]
     dims = [d for d in schema.dims if d.lower() in wanted]
@@ -47,38 +51,57 @@ def build_history_sql(schema: HistorySchema, referenced: Iterable[str] | None) -
     select = [f"r.{_q(c)}" for c in IDENTITY_COLUMNS]
     select += [f"{_dim_expr(d, dim_levels[d])} AS {_q(d)}" for d in dims]
     select += [f"{_coalesce(i, depth, alias[id(i)])} AS {_q(i.column)}" for i in values]
-    joins = _joins(per_depth, depth, lowest, alias)
-    return f"SELECT {', '.join(select)} FROM runs AS r {joins}"
+    tables = _Tables.of(run_filter)
+    joins = _joins(per_depth, depth, lowest, alias, tables)
+    return f"SELECT {', '.join(select)} FROM {tables.runs} AS r {joins}"
+
+
+class _Tables(NamedTuple):
+    """The catalog tables `history` joins, each limited to the runs a filter keeps."""
+
+    runs: str
+    contexts: str
+    logs_where: str  # a prefix for the WHERE of a scan of `logs`
+
+    @classmethod
+    def of(cls, run_filter: str | None) -> _Tables:
+        if not run_filter:
+            return cls("runs", "contexts", "")
+        kept = f"tstamp IN (SELECT tstamp FROM runs WHERE {run_filter})"
+        return cls(f"(SELECT * FROM runs WHERE {run_filter})",
+                   f"(SELECT * FROM contexts WHERE {kept})", f"{kept} AND ")
 
 
 def _joins(per_depth: dict[int, list[NameInfo]], depth: int, lowest: int | None,
-           alias: dict[int, str]) -> str:
+           alias: dict[int, str], tables: _Tables) -> str:
     joins = []
+    contexts = tables.contexts
     if depth > 0 and per_depth[depth]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[depth], depth, alias)}) AS v{depth} "
-                     f"ON v{depth}.tstamp = r.tstamp")
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[depth], depth, alias, tables)}) "
+                     f"AS v{depth} ON v{depth}.tstamp = r.tstamp")
         if lowest is not None:
-            joins.append(f"LEFT JOIN contexts AS c{depth} ON c{depth}.tstamp = r.tstamp "
+            joins.append(f"LEFT JOIN {contexts} AS c{depth} ON c{depth}.tstamp = r.tstamp "
                          f"AND c{depth}.ctx_id = v{depth}.ctx_id")
     elif depth > 0:  # only loop dims at the deepest level: the contexts are the grain
-        joins.append(f"LEFT JOIN (SELECT * FROM contexts WHERE depth = {depth}) AS c{depth} "
-                     f"ON c{depth}.tstamp = r.tstamp")
+        joins.append(f"LEFT JOIN (SELECT * FROM {contexts} WHERE depth = {depth}) "
+                     f"AS c{depth} ON c{depth}.tstamp = r.tstamp")
     for k in range(depth - 1, (lowest or depth) - 1, -1):
-        joins.append(f"LEFT JOIN contexts AS c{k} ON c{k}.tstamp = r.tstamp "
+        joins.append(f"LEFT JOIN {contexts} AS c{k} ON c{k}.tstamp = r.tstamp "
                      f"AND c{k}.ctx_id = c{k + 1}.parent_id")
         if per_depth[k]:
-            joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k, alias)}) AS v{k} "
+            joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k, alias, tables)}) AS v{k} "
                          f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = c{k}.ctx_id")
     if per_depth[0]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0, alias)}) AS v0 "
+        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0, alias, tables)}) AS v0 "
                      "ON v0.tstamp = r.tstamp")
     return " ".join(joins)
 
 
-def _pivot(infos: list[NameInfo], depth: int, alias: dict[int, str]) -> str:
+def _pivot(infos: list[NameInfo], depth: int, alias: dict[int, str], tables: _Tables) -> str:
     """One row per (run, context) at `depth` with a column per name."""
     names = sorted({v for i in infos for v in i.variants})
-    where = f"depth = {depth} AND value_name IN ({', '.join(_lit(n) for n in names)})"
+    where = (f"{tables.logs_where}depth = {depth} AND value_name IN "
+             f"({', '.join(_lit(n) for n in names)})")
     if len(infos) == 1 and _no_duplicates(infos[0], depth):
         info = infos[0]
         return (f"SELECT tstamp, ctx_id, {_VALUE_EXPR[info.sql_type]} AS {alias[id(info)]} "

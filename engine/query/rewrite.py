@@ -65,7 +65,7 @@ def rewrite_query(sql: str, schema: HistorySchema, tables: dict[str, dict[str, s
         analysis.merge(found)
         pending = schema.with_pending(script_names[n] for n in found.referenced
                                       if n in script_names)
-        out.append(_with_history_cte(statement, pending, found.referenced))
+        out.append(_with_history_cte(statement, pending, found.referenced, found.run_filter))
     return Rewrite(";\n".join(out), referenced=frozenset(analysis.referenced),
                    analysis=analysis)
 
@@ -76,8 +76,8 @@ def _reads_history(statement: exp.Expression) -> bool:
         t.name.lower() == HISTORY and not t.db for t in statement.find_all(exp.Table))
 
 
-def _with_history_cte(statement: exp.Query, schema: HistorySchema,
-                      referenced: set[str]) -> str:
+def _with_history_cte(statement: exp.Query, schema: HistorySchema, referenced: set[str],
+                      run_filter: exp.Expression | None = None) -> str:
     """`statement` as DuckDB SQL with a `history` CTE in front of its own CTEs.
 
     The CTE body is built as SQL text by history.py; it goes in through a marker rather than
@@ -92,7 +92,8 @@ def _with_history_cte(statement: exp.Query, schema: HistorySchema,
         rewritten.set(key, exp.With(expressions=[cte]))
     else:
         with_.set("expressions", [cte, *with_.expressions])
-    text, body = rewritten.sql(dialect="duckdb"), build_history_sql(schema, referenced)
+    runs = None if run_filter is None else run_filter.sql(dialect="duckdb")
+    text, body = rewritten.sql(dialect="duckdb"), build_history_sql(schema, referenced, runs)
     placeholder = marker.sql(dialect="duckdb")
     if text.count(placeholder) != 1:  # the user's own SQL holds the marker: parse the body
         cte.set("this", sqlglot.parse_one(body, read="duckdb"))
