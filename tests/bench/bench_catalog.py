@@ -26,7 +26,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import child_env, git, log, machine_info, median, verdict
+from benchlib import (
+    child_env,
+    end_scratch,
+    git,
+    log,
+    machine_info,
+    median,
+    publish_results,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -400,16 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["history"] = [bench_history(scratch, plan, runs) for runs in plan.curve_runs]
         results["logcost"] = bench_logcost(scratch, plan)
     finally:
-        if args.keep:
-            log(f"scratch kept at {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    results["machine"]["loadavg_end"] = os.getloadavg()[0]
-    print(format_table(results))
-    BENCH_DIR.mkdir(exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(results, indent=1))
-    print(f"results: {RESULTS_PATH.relative_to(ROOT)} ({results['elapsed_s']:.0f} s)")
+        end_scratch(scratch, args.keep)
+    publish_results(results, started, format_table, RESULTS_PATH)
     return 0
 
 

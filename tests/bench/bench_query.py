@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import child_env, git, log, machine_info, median, verdict
+from benchlib import (
+    child_env,
+    end_scratch,
+    git,
+    log,
+    machine_info,
+    median,
+    publish_results,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -491,15 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["queries"] = bench_ingest_and_queries(scratch, plan)
         results["dataframe"] = bench_dataframe(scratch, plan, flordb_py)
     finally:
-        if args.keep:
-            log(f"scratch kept at {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    print(format_table(results))
-    BENCH_DIR.mkdir(exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(results, indent=1))
-    print(f"results: {RESULTS_PATH.relative_to(ROOT)} ({results['elapsed_s']:.0f} s)")
+        end_scratch(scratch, args.keep)
+    publish_results(results, started, format_table, RESULTS_PATH)
     return 0
 
 

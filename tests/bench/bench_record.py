@@ -35,7 +35,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchlib import child_env, git, log, machine_info, median, verdict
+from benchlib import (
+    child_env,
+    end_scratch,
+    git,
+    log,
+    machine_info,
+    median,
+    publish_results,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -649,15 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["train"] = bench_train(env, plan)
         results["ckpt"] = bench_ckpt(env, plan)
     finally:
-        if args.keep:
-            log(f"scratch kept at {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    results["machine"]["loadavg_end"] = os.getloadavg()[0]
-    print(format_table(results))
-    RESULTS_PATH.write_text(json.dumps(results, indent=1))
-    print(f"results: {RESULTS_PATH.relative_to(ROOT)} ({results['elapsed_s']:.0f} s)")
+        end_scratch(scratch, args.keep)
+    publish_results(results, started, format_table, RESULTS_PATH)
     return 0
 
 

@@ -29,7 +29,6 @@ Results are printed as a table and written to .bench/replay_results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -43,7 +42,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import child_env, git, log, machine_info, median, verdict
+from benchlib import (
+    child_env,
+    end_scratch,
+    git,
+    log,
+    machine_info,
+    median,
+    publish_results,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -557,15 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["epoch"] = bench_epoch(history, scratch, plan, texts["val_acc"])
         results["step"] = bench_step(history, scratch, plan, texts["grad_norm"])
     finally:
-        if args.keep:
-            log(f"scratch kept at {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    results["machine"]["loadavg_end"] = os.getloadavg()[0]
-    print(format_table(results))
-    RESULTS_PATH.write_text(json.dumps(results, indent=1))
-    print(f"results: {RESULTS_PATH.relative_to(ROOT)} ({results['elapsed_s']:.0f} s)")
+        end_scratch(scratch, args.keep)
+    publish_results(results, started, format_table, RESULTS_PATH)
     return 0
 
 

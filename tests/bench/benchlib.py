@@ -10,7 +10,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PREFIX = "[bench]"
@@ -45,3 +45,28 @@ def verdict(ok: bool) -> str:
 def machine_info(**extra: object) -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "loadavg_start": os.getloadavg()[0], **extra}
+
+
+def end_scratch(scratch: Path, keep: bool) -> None:
+    """Remove a benchmark's scratch directory, or say where it was kept (--keep)."""
+    if keep:
+        log(f"scratch kept at {scratch}")
+    else:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def publish_results(results: dict, started: float, table: Callable[[dict], str],
+                    path: Path) -> None:
+    """Stamp the run's duration (and the load at its end), print the table, write the JSON."""
+    import json
+    import time
+
+    results["elapsed_s"] = time.perf_counter() - started
+    if "machine" in results:
+        results["machine"]["loadavg_end"] = os.getloadavg()[0]
+    print(table(results))
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"results: {path.parent.name}/{path.name} ({results['elapsed_s']:.0f} s)")
