@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -85,6 +85,19 @@ def make_repo(path: Path, files: dict[str, str]) -> Path:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "first")
     return path
+
+
+def record_then_edit(path: Path, old: str, today: str, runs: Sequence[tuple[str, str]],
+                     env: dict[str, str] | None = None) -> Path:
+    """A repo at `path` whose committed train.py is `old`, with one recorded run per
+    (runid, lr) (checkpointed every epoch unless `env` says otherwise), then `today` written
+    over train.py, uncommitted: a history to replay today's new statements into."""
+    repo = make_repo(path, {"train.py": old})
+    for runid, lr in runs:
+        run_script(repo, "train.py", "--flor", runid, "--kwargs", f"lr={lr}",
+                   env={"FLOR_CHECKPOINT_EVERY": "1", **(env or {})})
+    (repo / "train.py").write_text(today)
+    return repo
 
 
 def run_script(repo: Path, script: str, *args: str, env: dict[str, str] | None = None,

@@ -27,6 +27,7 @@ from conftest import (
     git,
     make_repo,
     process_alive,
+    record_then_edit,
     run_script,
     tiny_mlp_script,
 )
@@ -69,12 +70,8 @@ INTERRUPTED = re.compile(r"florsql: replay interrupted: (\d+) task\(s\) stopped,
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs a (lr 0.05) and b (lr 0.1) of OLD, checkpointed every epoch; TODAY on disk."""
-    repo = make_repo(tmp_path_factory.mktemp("faults") / "proj", {"train.py": OLD})
-    for runid, lr in (("a", "0.05"), ("b", "0.1")):
-        run_script(repo, "train.py", "--flor", runid, "--kwargs", f"lr={lr}",
-                   env={"FLOR_CHECKPOINT_EVERY": "1"})
-    (repo / "train.py").write_text(TODAY)
-    return repo
+    return record_then_edit(tmp_path_factory.mktemp("faults") / "proj", OLD, TODAY,
+                            (("a", "0.05"), ("b", "0.1")))
 
 
 @pytest.fixture

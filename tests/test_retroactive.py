@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import florsql
-from conftest import git, make_repo, run_script
+from conftest import git, record_then_edit, run_script
 
 OLD = """
 import torch, flor
@@ -50,12 +50,8 @@ REPLAYS = ("SELECT r.runid, p.start_iter, p.stop_iter FROM replays p JOIN runs r
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three finished runs of the old script; today's script (uncommitted) logs val_acc."""
-    repo = make_repo(tmp_path_factory.mktemp("retro") / "proj", {"train.py": OLD})
-    for runid, lr in RUNS:  # a checkpoint at every epoch: any epoch can be replayed alone
-        run_script(repo, "train.py", "--flor", runid, "--kwargs", f"lr={lr}",
-                   env={"FLOR_CHECKPOINT_EVERY": "1"})
-    (repo / "train.py").write_text(TODAY)
-    return repo
+    # a checkpoint at every epoch: any epoch can be replayed alone
+    return record_then_edit(tmp_path_factory.mktemp("retro") / "proj", OLD, TODAY, RUNS)
 
 
 @pytest.fixture
