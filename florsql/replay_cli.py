@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from . import exceptions
 from .dbapi import Connection
 from .engine import EngineError, ReplayInterrupted, ReplayPlan
+from .engine.replay.model import failures
 from .progress import replay_progress
 from .retroactive import describe_plan, task_summary
 
@@ -102,6 +103,9 @@ def _replay(args: argparse.Namespace, iterations: set[int] | None) -> int:
 
     with Connection(args.project) as conn:
         service = conn.replay_service
+        service.on_wait = lambda: print(
+            "florsql: another replay of this project is running; waiting for it to finish "
+            "(Ctrl-C to stop waiting)", file=sys.stderr, flush=True)
         if not args.dry_run:  # workers import torch (~2 s) while the plan is made
             service.warm(workers)
         report = service.replay_names(names, args.where, workers, iterations, on_plan=show,
@@ -112,7 +116,7 @@ def _replay(args: argparse.Namespace, iterations: set[int] | None) -> int:
 
 def _print_failures(results) -> list:
     """One line per failed task (not those stopped by an interrupt); the failed ones."""
-    failed = [r for r in results if not r.ok and r.stopped != "interrupted"]
+    failed = failures(results)
     for r in failed:
         print(f"florsql: replay of {r.task.runid} ({r.task.tstamp}) failed: {r.error}",
               file=sys.stderr)

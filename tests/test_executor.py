@@ -32,6 +32,7 @@ from florsql.engine import (
 )
 from florsql.engine.replay.model import INTERRUPTED, Startup
 from florsql.engine.replay.process import Exit, Launch
+from florsql.engine.replay.service import project_lock
 
 SCRIPT = """import flor
 lr = flor.arg("lr", 0.1)
@@ -154,14 +155,10 @@ def _hold_lock(project: Path) -> tuple[threading.Event, threading.Event, threadi
     """Hold the project's replay lock in another thread until `release` is set."""
     held, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        session = CatalogSession(project)
-        try:
-            with ReplayService(session, InlineExecutor()).lock():
-                held.set()
-                release.wait(60)
-        finally:
-            session.close()
+    def hold() -> None:  # the lock alone: the catalog stays free for the others to open
+        with project_lock(project / ".flor").hold():
+            held.set()
+            release.wait(60)
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
@@ -176,12 +173,14 @@ def test_florsql_replay_waits_for_the_lock_a_query_holds(project: Path) -> None:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # long enough to plan and start, were there no lock
-        assert proc.poll() is None and _values(project, "double", "replay") == []
+        # on disk, not through the catalog: the waiting process holds it (one process at a time)
+        assert proc.poll() is None and not list(project.glob(".flor/runs/*/replays/*"))
     finally:
         release.set()
         holder.join(30)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert "another replay of this project is running; waiting" in err
     assert len(_values(project, "double", "replay")) == 6
 
 

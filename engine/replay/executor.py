@@ -84,7 +84,7 @@ class Executor(ABC):
 
 
 @dataclass(frozen=True)
-class _Batch:
+class Batch:
     """What the tasks of one submission share."""
 
     workers: int
@@ -97,7 +97,7 @@ class LocalExecutor(Executor):
     """Tasks on this machine, `workers` at a time, each in a thread that watches its process."""
 
     @abstractmethod
-    def run_one(self, task: ReplayTask, slot: int, batch: _Batch) -> TaskResult:
+    def run_one(self, task: ReplayTask, slot: int, batch: Batch) -> TaskResult:
         """Run one task to its end (or its stop by `batch.cancel`)."""
 
     def on_stop(self) -> None:
@@ -108,11 +108,11 @@ class LocalExecutor(Executor):
         workers = max(1, workers)
         modules = tuple(dict.fromkeys(m for t in tasks for m in t.preload))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        return _LocalSubmission(self, list(tasks), _Batch(workers, modules, threads, cancel))
+        return _LocalSubmission(self, list(tasks), Batch(workers, modules, threads, cancel))
 
 
 class _LocalSubmission(Submission):
-    def __init__(self, executor: LocalExecutor, tasks: list[ReplayTask], batch: _Batch) -> None:
+    def __init__(self, executor: LocalExecutor, tasks: list[ReplayTask], batch: Batch) -> None:
         self.executor, self.tasks, self.batch = executor, tasks, batch
         self.threads = ThreadPoolExecutor(max_workers=batch.workers,
                                           thread_name_prefix="flor-replay")
@@ -159,7 +159,7 @@ class SubprocessExecutor(LocalExecutor):
     def startup(self, setup_seconds: float, modules: Sequence[str]) -> Startup:
         return Startup(IMPORT_SECONDS + setup_seconds + WORKTREE_SECONDS)
 
-    def run_one(self, task: ReplayTask, slot: int, batch: _Batch) -> TaskResult:
+    def run_one(self, task: ReplayTask, slot: int, batch: Batch) -> TaskResult:
         return perform_task(task, run_process, batch.cancel, slot=slot, parent=os.getpid())
 
 
@@ -198,7 +198,7 @@ class WarmPoolExecutor(LocalExecutor):
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
         return self.pool.warm_async(max(1, workers), list(modules), threads)
 
-    def run_one(self, task: ReplayTask, slot: int, batch: _Batch) -> TaskResult:
+    def run_one(self, task: ReplayTask, slot: int, batch: Batch) -> TaskResult:
         zygote = None if batch.cancel.is_set() else self._acquire(batch)
         if zygote is None:
             return perform_task(task, run_process, batch.cancel, slot=slot, parent=os.getpid())
@@ -208,7 +208,7 @@ class WarmPoolExecutor(LocalExecutor):
         finally:
             self.pool.release(zygote)
 
-    def _acquire(self, batch: _Batch) -> Zygote | None:
+    def _acquire(self, batch: Batch) -> Zygote | None:
         """A warm worker for one task; None: start one interpreter for it instead."""
         try:
             return self.pool.acquire(batch.workers, batch.modules, batch.threads, batch.cancel)

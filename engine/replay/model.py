@@ -11,6 +11,7 @@ outer-loop iterations, the names to record and where the records go. Nothing her
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -195,8 +196,7 @@ class ReplayReport:
 
     @property
     def failed(self) -> list[TaskResult]:
-        """Tasks that failed by themselves (not those an interrupt stopped)."""
-        return [r for r in self.results if not r.ok and r.stopped != INTERRUPTED]
+        return failures(self.results)
 
     def warnings(self) -> list[str]:
         """One line per run left without its values: refused, skipped or failed."""
@@ -207,6 +207,11 @@ class ReplayReport:
 
 
 INTERRUPTED = "interrupted"
+
+
+def failures(results: Iterable[TaskResult]) -> list[TaskResult]:
+    """Tasks that failed by themselves (not those an interrupt stopped)."""
+    return [r for r in results if not r.ok and r.stopped != INTERRUPTED]
 
 
 class ReplayInterrupted(KeyboardInterrupt):

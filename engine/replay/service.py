@@ -56,7 +56,10 @@ class ReplayService:
     def __init__(self, session: CatalogSession, executor: Executor | None = None) -> None:
         self.session = session
         self._executor = executor
-        self._lock = _project_lock(session.project.home / protocol.REPLAY_LOCK_FILE)
+        # Called once when the lock is held by another replay of the project, before waiting
+        # for it (a surface says so, so that a wait never looks like a hang).
+        self.on_wait: Callable[[], None] | None = None
+        self._lock = project_lock(session.project.home)
 
     @property
     def executor(self) -> Executor:
@@ -68,7 +71,7 @@ class ReplayService:
     def lock(self) -> Iterator[None]:
         """The project's replay lock: one replay at a time across threads and processes
         (re-entrant within a thread)."""
-        with self._lock.hold():
+        with self._lock.hold(self.on_wait):
             yield
 
     def plan_names(self, names: Sequence[str], where: str | None = None,
@@ -211,12 +214,12 @@ class _ProjectLock:
         self._handle = None
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         with self._rlock:
             if self._depth == 0:
                 handle = open(self.path, "a+")
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    _flock(handle, on_wait)
                 except BaseException:
                     handle.close()
                     raise
@@ -232,10 +235,21 @@ class _ProjectLock:
                     self._handle = None
 
 
+def _flock(handle: object, on_wait: Callable[[], None] | None) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
 _LOCKS: dict[str, _ProjectLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _project_lock(path: Path) -> _ProjectLock:
+def project_lock(home: Path) -> _ProjectLock:
+    """The replay lock of the project whose flor home is `home` (one object per process)."""
+    path = home / protocol.REPLAY_LOCK_FILE
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(str(path), _ProjectLock(path))
