@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
+from .part_encode import SEGMENT_STEPS, STEP_INTS
 
 if TYPE_CHECKING:
     from .run import Session
@@ -26,11 +27,15 @@ def default_loop_name(depth: int) -> str:
 
 
 def iterate(session: Session, name: str | None, iterable: Iterable[T]) -> Iterator[T]:
-    """Yield the items of `iterable`, keeping the recorder's loop context up to date."""
+    """Yield the items of `iterable`, keeping the recorder's loop context up to date.
+
+    A step costs the loop no allocation: iteration `first + k` of an inner loop is position
+    `STEP_INTS[k]` (an int made once) of the segment it opened (`part_encode.ContextIds`).
+    """
     rec = session.recorder
     depth = rec.depth
     name = name or default_loop_name(depth)
-    parent = rec.ctx
+    parent_seg, parent_step = rec.seg, rec.step
     rec.depth = depth + 1
     try:
         if depth == 0:
@@ -38,12 +43,20 @@ def iterate(session: Session, name: str | None, iterable: Iterable[T]) -> Iterat
         elif depth == 1 and session.memo_pending is not None:
             _skip_inner_loop(session)  # memoized: jump to the state at its end, yield nothing
         else:
-            for i, item in enumerate(iterable):
-                rec.ctx = (parent, name, i)
-                yield item
+            items, first, open_segment = iter(iterable), 0, rec.contexts.open
+            while True:  # one segment per SEGMENT_STEPS iterations
+                seg, k = open_segment(parent_seg, parent_step, name, first), 0
+                for k, item in zip(STEP_INTS, items, strict=False):
+                    rec.seg = seg  # with each step: a flor.log on another thread never
+                    # pairs this segment with the parent's step
+                    rec.step = k
+                    yield item
+                if k < SEGMENT_STEPS - 1:
+                    break
+                first += SEGMENT_STEPS
     finally:
         rec.depth = depth
-        rec.ctx = parent
+        rec.seg, rec.step = parent_seg, parent_step
 
 
 def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
@@ -53,12 +66,16 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
     start, stop = replay.window(name) if replay else (0, None)
     last = last_flush = time.perf_counter()
     i = -1
+    seg = first = 0  # iteration i is step i - first of segment seg
+    segment_end = -1
     for i, item in enumerate(iterable):
         if i < start:
             continue
         if stop is not None and i >= stop:
             _end_replay(session)
-        rec.ctx = (None, name, i)
+        if i >= segment_end:
+            seg, first, segment_end = rec.contexts.open(0, 0, name, i), i, i + SEGMENT_STEPS
+        rec.seg, rec.step = seg, STEP_INTS[i - first]
         now = time.perf_counter()
         skip = False
         if replay and i == start and (i > 0 or ckpt.has(replay.run_dir, name, i)):
@@ -82,7 +99,7 @@ def _outer(session: Session, name: str, iterable: Iterable[T]) -> Iterator[T]:
             rec.flush_soon()
             last_flush = now
     if not replay and i >= 0:
-        rec.ctx = None
+        rec.seg = rec.step = 0
         ckpt.at_boundary(name, i + 1, i + 1, time.perf_counter() - last)
 
 

@@ -1,8 +1,9 @@
 """The thread that turns a Recorder's queued records into crash-safe record parts, and never dies.
 
 It wakes at every outer-loop iteration (`Recorder.flush_soon`) and at least every FLUSH_SECONDS,
-encodes what was queued into one part (format in `part_encode`) and writes it atomically to
-`parts/NNNNNN.part`; `flor.commit()` and the run's end drain it synchronously.
+encodes what was queued into one part (format in `part_encode`; one per MAX_PART_RECORDS
+records) and writes it atomically to `parts/NNNNNN.part`, from the encoder's pieces, never
+joined into one more copy; `flor.commit()` and the run's end drain it synchronously.
 
 Training must outlive recording, so nothing here raises into the training thread or ends the
 writer:
@@ -27,13 +28,15 @@ from typing import TYPE_CHECKING
 
 from . import protocol
 from .errors import warn_background
-from .housekeeping import write_atomic
-from .part_encode import encode_part
+from .housekeeping import atomic_file
+from .part_encode import encode_records, size_of
 
 if TYPE_CHECKING:
     from .recorder import Recorder
 
 FLUSH_SECONDS = float(os.environ.get("FLOR_FLUSH_SECONDS", "2.0"))
+# A part holds at most this many records (a reader orders records by seq * 10M + position)
+MAX_PART_RECORDS = 1_000_000
 UNWRITTEN_LIMIT_ENV = "FLOR_MAX_UNWRITTEN_MB"
 
 
@@ -57,7 +60,7 @@ class PartWriter(threading.Thread):
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._seq = 0  # of the last part encoded and kept
-        self._unwritten: deque[tuple[int, bytes, int]] = deque()  # (seq, part, records)
+        self._unwritten: deque[tuple[int, list, int, int]] = deque()  # seq, part, records, size
         self._unwritten_bytes = 0
         self._limit = unwritten_limit_bytes()
         self.lost = 0  # records dropped over the bound while the disk refused them
@@ -95,7 +98,7 @@ class PartWriter(threading.Thread):
         self.stop()
         self.write_pending()
         with self._lock:
-            lost = self.lost + sum(n for _, _, n in self._unwritten)
+            lost = self.lost + sum(n for _, _, n, _ in self._unwritten)
             if lost:
                 self.warn_once("exit", f"flor: {lost} records of this run were not recorded: "
                                f"{self.parts_dir} could not be written")
@@ -113,29 +116,46 @@ class PartWriter(threading.Thread):
 
     def _encode_queued(self) -> None:
         rec = self.recorder
-        records = [rec.queue.popleft() for _ in range(len(rec.queue))]
+        buf = rec.records
+        n = len(buf)  # whole records: each was appended by one extend
+        # strided slices are C loops; the training thread only appends past n meanwhile
+        columns = [buf[0:n:4], buf[1:n:4], buf[2:n:4], buf[3:n:4]]  # seg, step, name, value
+        del buf[:n]
         timings = [rec.iterations.popleft() for _ in range(len(rec.iterations))]
         args = [rec.args.popleft() for _ in range(len(rec.args))]
-        if not (records or timings or args):
+        count = len(columns[0])
+        if not (count or timings or args):
             return
+        if count <= MAX_PART_RECORDS:
+            self._keep(columns, timings, args)
+            return
+        for start in range(0, count, MAX_PART_RECORDS):
+            part = slice(start, start + MAX_PART_RECORDS)
+            self._keep([c[part] for c in columns], [] if start else timings,
+                       [] if start else args)
+
+    def _keep(self, columns: list[list], timings: list, args: list) -> None:
+        """Encode one part and hold it until written, or drop it over the memory bound."""
         seq = self._seq + 1
-        part = self._encode(records, timings, args, seq)
-        if self._unwritten and self._unwritten_bytes + len(part) > self._limit:
-            self.lost += len(records)  # the disk refuses and memory is spent: lose the newest
+        part = self._encode(columns, timings, args, seq)
+        count, size = len(columns[0]), size_of(part)
+        if self._unwritten and self._unwritten_bytes + size > self._limit:
+            self.lost += count  # the disk refuses and memory is spent: lose the newest
             self.warn_once("bound", f"flor: {self.parts_dir} still cannot be written and "
                            f"{self._limit / 2**20:g} MB of records wait in memory "
                            f"({UNWRITTEN_LIMIT_ENV}); dropping new records until it can "
                            "(the count is reported at exit)")
             return
         self._seq = seq
-        self._unwritten.append((seq, part, len(records)))
-        self._unwritten_bytes += len(part)
+        self._unwritten.append((seq, part, count, size))
+        self._unwritten_bytes += size
 
     def _write_unwritten(self) -> None:
         while self._unwritten:
-            seq, part, _ = self._unwritten[0]
+            seq, part, _, size = self._unwritten[0]
             try:
-                write_atomic(self.parts_dir / f"{seq:06d}.part", part)
+                with atomic_file(self.parts_dir / f"{seq:06d}.part") as fh:
+                    fh.writelines(part)  # the pieces: no joined copy of the part
             except OSError as exc:  # disk full, read-only, removed: retried at the next flush
                 self.warn_once("io", f"flor: cannot write records to {self.parts_dir} "
                                f"({exc.strerror or exc}); training goes on, records wait in "
@@ -143,29 +163,41 @@ class PartWriter(threading.Thread):
                                f"{UNWRITTEN_LIMIT_ENV}) and are written when the disk allows")
                 return
             self._unwritten.popleft()
-            self._unwritten_bytes -= len(part)
+            self._unwritten_bytes -= size
 
-    def _encode(self, records: list, timings: list, args: list, seq: int) -> bytes:
-        """The part's bytes; records and args the encoder refuses are dropped, one warning per
-        name, and the rest encoded."""
-        def encodes(recs: list, arg_list: list) -> bool:
+    def _encode(self, columns: list[list], timings: list, args: list, seq: int) -> list:
+        """The part (as pieces); records and args the encoder refuses are dropped, one warning
+        per name, and the rest encoded."""
+        contexts, source = self.recorder.contexts, self.source
+
+        def encode(records: list, arg_list: list, timing_list: list) -> list:
+            cols = [list(c) for c in zip(*records, strict=True)] if records else [[], [], [], []]
+            return encode_records(*cols, contexts, timing_list, arg_list, source, seq)
+
+        def encodes(records: list, arg_list: list) -> bool:
             try:
-                encode_part(recs, [], arg_list, self.source, seq)
+                encode(records, arg_list, [])
             except Exception:  # noqa: BLE001 - whatever the encoder refuses
                 return False
             return True
 
         try:
-            return encode_part(records, timings, args, self.source, seq)
+            return encode_records(*columns, contexts, timings, args, source, seq)
         except Exception:  # noqa: BLE001 - find the culprits below, keep the rest
             pass
-        records, bad = split_encodable(records, lambda recs: encodes(recs, []))
+        records, bad = split_encodable(list(zip(*columns, strict=True)),
+                                       lambda recs: encodes(recs, []))
         args, bad_args = split_encodable(args, lambda items: encodes([], items))
-        for name in [r[1] for r in bad] + [a[0] for a in bad_args]:
+        for name in [_plain(r[2]) for r in bad] + [a[0] for a in bad_args]:
             self.warn_once((name, "refused"), f"flor.log({name!r}): dropped a value that "
                            "cannot be recorded (e.g. an int of more than 4,300 digits); log "
                            "float(x) or str(x) instead; later ones of this name are dropped too")
-        return encode_part(records, timings, args, self.source, seq)
+        return encode(records, args, timings)
+
+
+def _plain(name: str | tuple[str]) -> str:
+    """A record's name, whether it came as the name or as its tag `(name,)`."""
+    return name if type(name) is str else name[0]
 
 
 def split_encodable(items: list, encodes: Callable[[list], bool]) -> tuple[list, list]:

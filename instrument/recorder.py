@@ -1,11 +1,17 @@
 """The in-memory record buffer of a run, and the names it admits.
 
-The training thread only appends `(context, name, value)` tuples to a deque (thread-safe,
-no lock, no I/O). A writer thread (`part_writer`) drains the deque into numbered part files
-(format in `part_encode`; each defines the contexts it uses, so it can be read on its own),
-each written to a temp file, fsynced and renamed, so a reader sees whole parts or none. It
-wakes at every outer-loop iteration (`flush_soon`) and at least every FLUSH_SECONDS; `flush()`
-drains synchronously. Neither ever raises into the training thread.
+The training thread appends each record as four items, `(segment, step, name, value)`, to
+one flat list with a single `list.extend` of a tuple: atomic under the GIL (so threads that
+log at once never interleave their items), no lock, no I/O, and nothing allocated that
+outlives the call but what the caller passed (a tuple kept per record, and a context tuple
+per step, kept the cyclic garbage collector busy: a fifth of a 1M-record run went to full
+collections walking the buffered records). Segment and step are ints that `flor.loop` keeps
+current (`part_encode.ContextIds`); a value that is not a float comes with its name as the
+tag `(name,)`. A writer thread (`part_writer`) takes whole records from the front of the list
+into numbered part files (format in `part_encode`; each defines the contexts it uses, so it
+can be read on its own), each written to a temp file, fsynced and renamed, so a reader sees
+whole parts or none. It wakes at every outer-loop iteration (`flush_soon`) and at least every
+FLUSH_SECONDS; `flush()` drains synchronously. Neither ever raises into the training thread.
 """
 
 from __future__ import annotations
@@ -17,9 +23,8 @@ from typing import Any
 
 from . import protocol
 from .errors import FlorNameError, FlorWarning
+from .part_encode import ContextIds
 from .part_writer import PartWriter
-
-Context = tuple  # (parent context or None, loop_name, iteration); None is the run level
 
 
 class Recorder:
@@ -27,19 +32,21 @@ class Recorder:
 
     # slots: `flor.log` and `flor.loop` read and set these once per step, between torch
     # kernels that evict the caches; a slot is one load where a dict lookup is several
-    __slots__ = ("queue", "append", "ctx", "depth", "known_names", "only", "iterations", "args",
-                 "_by_lower", "warned", "_writer")
+    __slots__ = ("records", "extend", "seg", "step", "contexts", "depth", "known_names", "only",
+                 "iterations", "args", "_by_lower", "_tags", "warned", "_writer")
 
     def __init__(self, out_dir: Path, source: str, only: frozenset[str] | None = None) -> None:
-        self.queue: deque = deque()
-        self.append = self.queue.append
-        self.ctx: Context | None = None
+        self.records: list = []  # segment, step, name, value, segment, step, name, ...
+        self.extend = self.records.extend  # extend((seg, step, name, value)): one record
+        self.seg = self.step = 0  # the current loop context (0, 0: the run level)
+        self.contexts = ContextIds()
         self.depth = 0
         self.known_names: set[str] = set()
         self.only = only  # a replay records just the names it was asked for
         self.iterations: deque = deque()
         self.args: deque = deque()
         self._by_lower: dict[str, str] = {}
+        self._tags: dict[str, tuple[str]] = {}
         self.warned: set[object] = set()  # keys of warnings given, shared with the writer
         self._writer = PartWriter(self, out_dir / protocol.PARTS_DIR, source)
         self._writer.start()
@@ -58,6 +65,14 @@ class Recorder:
             return False
         self.known_names.add(name)
         return True
+
+    def tag(self, name: str) -> tuple[str]:
+        """What a record whose value is not a float carries as its name: `(name,)`, one
+        object per name (see `part_encode`)."""
+        tag = self._tags.get(name)
+        if tag is None:
+            tag = self._tags[name] = (name,)
+        return tag
 
     def warn_unsupported(self, name: str, value: Any) -> None:
         key = (name, type(value).__name__)

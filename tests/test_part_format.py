@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 import florsql
 from conftest import run_script
-from flor.part_encode import MAGIC, encode_part
+from flor.part_encode import (
+    MAGIC,
+    SEGMENT_STEPS,
+    STEP_INTS,
+    ContextIds,
+    encode_part,
+    encode_records,
+)
 from florsql.engine.catalog.parts import PartError, RowBatch, read_part, rows_of_part
 
 
@@ -73,6 +80,156 @@ def test_any_batch_of_records_reads_back_as_written(tmp_path_factory, records) -
     assert doc["value"] == [v for _, _, v in records]
     assert [type(v) for v in doc["value"]] == [type(v) for _, _, v in records]
     assert (doc["seq"], doc["args"], doc["iterations"]) == (7, [["lr", 0.1]], [["epoch", 0, 0.5]])
+
+
+# --- a run's records, as flor.loop and flor.log keep them (encode_records) ------------------
+
+
+class _Run:
+    """Records as a run holds them: (segment, step, name or its tag, value), contexts in
+    `ContextIds`, steps from STEP_INTS, the way flor.loop and flor.log make them."""
+
+    def __init__(self) -> None:
+        self.contexts = ContextIds()
+        self.records: list[tuple] = []
+        self.stack = [(0, 0)]  # the current (segment, step) of each open loop
+
+    def enter(self, loop: str, first: int = 0) -> None:
+        seg, step = self.stack[-1]
+        self.stack.append((self.contexts.open(seg, step, loop, first), 0))
+
+    def leave(self) -> None:
+        self.stack.pop()
+
+    def step(self, k: int) -> None:
+        self.stack[-1] = (self.stack[-1][0], STEP_INTS[k])
+
+    def log(self, name: str, value: object) -> None:
+        seg, step = self.stack[-1]
+        self.records.append((seg, step, name if type(value) is float else (name,), value))
+
+    def read_back(self, tmp_path: Path, seq: int = 1) -> dict:
+        columns = [list(c) for c in zip(*self.records, strict=True)] or [[], [], [], []]
+        pieces = encode_records(*columns, self.contexts, [["epoch", 0, 0.5]], [["lr", 0.1]],
+                                "forward", seq)
+        return read_part(_write(tmp_path, b"".join(pieces)))
+
+    def check(self, doc: dict) -> None:
+        assert _paths(doc) == [_path_of(self.contexts.path(s, k)) for s, k, _, _ in self.records]
+        assert doc["name"] == [n if type(n) is str else n[0] for _, _, n, _ in self.records]
+        assert doc["value"] == [v for *_, v in self.records]
+        assert [type(v) for v in doc["value"]] == [type(v) for *_, v in self.records]
+        assert (doc["args"], doc["iterations"]) == ([["lr", 0.1]], [["epoch", 0, 0.5]])
+
+
+@st.composite
+def runs(draw) -> _Run:
+    """Nested loops entered and left, single records at any depth, and regular stretches
+    (every `stride`-th step logs the same names), so both encoding paths are taken."""
+    run = _Run()
+    for _ in range(draw(st.integers(0, 30))):
+        action = draw(st.sampled_from(["log", "stretch", "stretch", "enter", "leave", "step"]))
+        if action == "enter" and len(run.stack) < 4:
+            run.enter(f"loop{len(run.stack)}", draw(st.sampled_from([0, 0, 3, SEGMENT_STEPS])))
+        elif action == "leave" and len(run.stack) > 1:
+            run.leave()
+        elif action == "step" and len(run.stack) > 1:
+            run.step(draw(st.integers(0, SEGMENT_STEPS - 1)))
+        elif action == "stretch" and len(run.stack) > 1:
+            start, stride = draw(st.integers(0, 50)), draw(st.integers(1, 3))
+            names = draw(st.lists(st.sampled_from(["loss", "acc", "x"]), min_size=1,
+                                  max_size=3))
+            for k in range(start, start + stride * draw(st.integers(1, 40)), stride):
+                run.step(k)
+                for name in names:
+                    run.log(name, draw(st.one_of(st.floats(allow_nan=False), values)))
+        else:
+            run.log(draw(st.sampled_from(["loss", "acc", "Ünï", "x"])), draw(values))
+    return run
+
+
+@settings(max_examples=200, deadline=None)
+@given(run=runs())
+def test_any_run_of_records_reads_back_as_logged(tmp_path_factory, run) -> None:
+    run.check(run.read_back(tmp_path_factory.mktemp("part")))
+
+
+def _training(run: _Run, epochs: int, steps: int, names: tuple[str, ...], every: int = 1,
+              first_step: int = 0) -> None:
+    """An epoch loop, a step loop logging `names` every `every` steps, `val` per epoch."""
+    run.enter("epoch")
+    for epoch in range(epochs):
+        run.step(epoch)
+        run.log("lr", 0.1)
+        run.enter("step")
+        for k in range(first_step, steps, every):
+            run.step(k)
+            for name in names:
+                run.log(name, float(k))
+        run.leave()
+        run.log("val", epoch)  # an int: a tagged record between the float ones
+    run.leave()
+
+
+@pytest.mark.parametrize(("names", "every", "first_step"), [
+    (("loss",), 1, 0), (("loss", "acc"), 1, 0), (("loss",), 10, 0), (("loss",), 1, 4_000)])
+def test_regular_training_logs_read_back_as_logged(tmp_path, names, every, first_step) -> None:
+    run = _Run()
+    run.log("seed", 7)
+    _training(run, 3, 5_000, names, every, first_step)
+    run.log("done", 1.0)
+    run.check(run.read_back(tmp_path))
+
+
+def test_steps_logging_different_numbers_of_records_read_back_as_logged(tmp_path) -> None:
+    run = _Run()
+    run.enter("epoch")
+    run.step(0)
+    run.enter("step")
+    for k in range(3_000):  # loss every step, acc every third, none of them skipped
+        run.step(k)
+        run.log("loss", 0.5)
+        if k % 3 == 0:
+            run.log("acc", 1)
+    run.leave()
+    run.log("val", 2.0)
+    run.check(run.read_back(tmp_path))
+
+
+def test_a_loop_longer_than_a_segment_continues_its_iterations(tmp_path) -> None:
+    run = _Run()
+    run.enter("epoch")
+    run.step(0)
+    for first in (0, SEGMENT_STEPS):  # what flor.loop does after SEGMENT_STEPS iterations
+        run.enter("step", first)
+        for k in (0, 1, SEGMENT_STEPS - 1):
+            run.step(k)
+            run.log("loss", 1.0)
+        run.leave()
+    doc = run.read_back(tmp_path)
+    run.check(doc)
+    assert _paths(doc)[-3:] == [f"epoch=0/step={SEGMENT_STEPS + k}"
+                                for k in (0, 1, SEGMENT_STEPS - 1)]
+
+
+def test_a_step_logged_again_after_an_inner_loop_is_one_context(tmp_path) -> None:
+    run = _Run()
+    run.enter("epoch")
+    for epoch in range(2):
+        run.step(epoch)
+        run.log("a", 1.0)
+        run.enter("step")
+        for k in range(3):
+            run.step(k)
+            run.log("loss", 2.0)
+        run.leave()
+        run.log("b", 3.0)
+    doc = run.read_back(tmp_path)
+    run.check(doc)
+    batch = RowBatch(tstamp="2026-01-01 00:00:00")
+    rows_of_part(doc, batch, {})
+    assert sorted(c[2] for c in batch.contexts) == sorted(
+        ["", "epoch=0", "epoch=1", *(f"epoch={e}/step={k}" for e in range(2) for k in range(3))])
 
 
 def test_non_finite_floats_and_exact_doubles_survive(tmp_path) -> None:

@@ -138,4 +138,47 @@ def test_flor_home_moves_the_records_and_the_catalog_elsewhere(
     monkeypatch.setenv("FLOR_HOME", str(home))
     with florsql.connect(train_repo) as conn:
         assert conn.execute("SELECT status FROM runs").fetchall() == [("finished",)]
-    assert (home / "catalog.duckdb").exists()
+    assert (home / "catalog" / "manifest.json").exists()
+
+
+MANY_STEPS = '''\
+import threading, flor
+def watcher():  # another thread logging while the loops run
+    for n in range(2000):
+        flor.log("bg", float(n))
+thread = threading.Thread(target=watcher)
+for e in flor.loop("epoch", range(2)):
+    flor.log("note", f"epoch {e}")
+    if e == 0:
+        thread.start()
+    for s in flor.loop("step", range(20_000)):  # longer than one context segment
+        flor.log("loss", float(s))
+        if s % 7 == 0:
+            flor.log("count", s)
+        if s == 5:
+            for m in flor.loop("micro", range(3)):
+                flor.log("micro_loss", m / 10)
+thread.join()
+flor.log("done", True)
+'''
+
+
+def test_every_record_of_a_long_loop_lands_at_its_step(script_repo) -> None:
+    repo = script_repo(MANY_STEPS)
+    run_script(repo, "train.py")
+    with florsql.connect(repo) as conn:
+        at_step = conn.execute(
+            "SELECT value_name, count(*), count(*) FILTER (WHERE lp.iteration = l.value_num), "
+            "max(lp.iteration) FROM logs l JOIN loops lp USING (tstamp, ctx_id) "
+            "WHERE lp.depth = 1 AND value_name IN ('loss', 'count') GROUP BY 1 ORDER BY 1")
+        assert at_step.fetchall() == [("count", 5716, 5716, 19_999),
+                                      ("loss", 40_000, 40_000, 19_999)]
+        micro = conn.execute(
+            "SELECT c.path, l.value_num FROM logs l JOIN contexts c USING (tstamp, ctx_id) "
+            "WHERE value_name = 'micro_loss' ORDER BY c.path").fetchall()
+        assert micro == [(f"epoch={e}/step=5/micro={m}", m / 10)
+                         for e in range(2) for m in range(3)]
+        others = conn.execute(
+            "SELECT value_name, count(*), count(DISTINCT value_num) FROM logs "
+            "WHERE value_name IN ('bg', 'note', 'done') GROUP BY 1 ORDER BY 1").fetchall()
+        assert others == [("bg", 2000, 2000), ("done", 1, 1), ("note", 2, 0)]
