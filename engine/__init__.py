@@ -11,8 +11,9 @@ they need from here. docs/architecture.md shows both data paths with the file fo
 from __future__ import annotations
 
 from .catalog.ingest import IngestReport, ingest_project
+from .catalog.mirror import new_catalog
 from .catalog.sandbox import MEMORY_ENV, run_interruptible
-from .catalog.schema import USER_TABLES, open_catalog
+from .catalog.schema import USER_TABLES
 from .errors import (
     CatalogLockedError,
     EngineError,
@@ -89,7 +90,7 @@ __all__ = [
     "default_executor",
     "ingest_project",
     "locate_project",
-    "open_catalog",
+    "new_catalog",
     "perform_task",
     "run_interruptible",
 ]

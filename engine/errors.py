@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 
 class EngineError(Exception):
     """Root of every engine error."""
@@ -21,29 +19,15 @@ class ProjectNotFoundError(EngineError):
 
 
 class CatalogLockedError(EngineError):
-    """Another process holds the catalog for writing longer than the wait allows."""
+    """Another process has been ingesting longer than the wait for the ingest lock allows."""
 
     def __init__(self, path: str, waited: float) -> None:
         super().__init__(
-            f"catalog {path} is busy in another process (waited {waited:.0f}s); close the other "
-            "florsql session or raise FLOR_CATALOG_TIMEOUT"
+            f"another process has held the ingest lock {path} for {waited:.0f}s; it may be "
+            "ingesting a very large run: wait, or raise FLOR_CATALOG_TIMEOUT"
         )
         self.path = path
         self.waited = waited
-
-
-class CatalogNotWritableError(EngineError):
-    """The catalog cannot be created or updated where the project keeps it (a read-only
-    directory or file system, or no permission)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        directory = os.path.dirname(path)
-        super().__init__(
-            f"cannot write the catalog {path} ({reason}); florsql keeps it beside the record "
-            f"files: make {directory} writable, or query a writable copy of the project"
-        )
-        self.path = path
-        self.reason = reason
 
 
 class ProjectUnreadableError(EngineError):

@@ -26,7 +26,7 @@ class DataError(DatabaseError):
 
 
 class OperationalError(DatabaseError):
-    """The catalog could not be used: busy in another process, disk error, missing project."""
+    """The catalog could not be used: an ingest lock held too long, disk error, missing project."""
 
 
 class IntegrityError(DatabaseError):

@@ -1,9 +1,9 @@
 """FlorDB's read-side helpers: `flor.dataframe`, `query`, `log_records`, `full_pivot`.
 
 They open the project's catalog through florsql (imported lazily: recording never needs it)
-and keep it open between calls, so a notebook's repeated calls run warm; the catalog is
-released after FLOR_CATALOG_IDLE seconds (default 10) without a call, so other florsql
-processes are not kept waiting.
+and keep it open between calls, so a notebook's repeated calls run warm; the connection (and
+its in-memory copy of the catalog) is released after FLOR_CATALOG_IDLE seconds (default 10)
+without a call, so a notebook does not keep that memory. No other process ever waits for it.
 """
 
 from __future__ import annotations

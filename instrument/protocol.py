@@ -22,7 +22,8 @@ HOME_ENV = "FLOR_HOME"
 HOME_DIRNAME = ".flor"
 RUNS_DIR = "runs"  # runs/<tstamp>-<runid>/ : one folder per run, written only by that run
 REPLAYS_STAGING_DIR = "replays-staging"  # a replay task's records until the task succeeds
-CATALOG_FILE = "catalog.duckdb"
+CATALOG_DIR = "catalog"  # the published catalog: segments and a manifest (engine/catalog/store.py)
+CATALOG_FILE = "catalog.duckdb"  # the single-file catalog before 0.6, removed on first open
 REPLAY_LOCK_FILE = "replay.lock"  # held by whoever runs a replay of the project
 
 # --- inside a run folder ---------------------------------------------------------------------

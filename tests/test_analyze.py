@@ -9,8 +9,8 @@ import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from florsql.engine.catalog.mirror import new_catalog
 from florsql.engine.catalog.names import HistorySchema, NameInfo
-from florsql.engine.catalog.schema import open_catalog
 from florsql.engine.errors import EngineError, UnknownColumnError
 from florsql.engine.query.analyze import Analysis, analyze_statement
 from florsql.engine.query.rewrite import rewrite_query
@@ -32,9 +32,9 @@ def load_fixtures() -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
-    """The catalog's real tables, from a freshly created catalog file."""
-    con = open_catalog(tmp_path_factory.mktemp("cat") / "catalog.duckdb")
+def tables() -> dict[str, dict[str, str]]:
+    """The catalog's real tables, from a freshly created (empty, in-memory) catalog."""
+    con = new_catalog()
     rows = con.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                        "WHERE schema_name = 'main' AND NOT internal").fetchall()
     con.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -60,7 +61,7 @@ def test_a_rebuilt_catalog_equals_the_incremental_one(script_repo) -> None:
     queries["runs"] = "SELECT runid, vid, status FROM runs ORDER BY tstamp"
     with florsql.connect(repo) as conn:
         incremental = {t: conn.execute(q).fetchall() for t, q in queries.items()}
-    (repo / ".flor" / "catalog.duckdb").unlink()
+    shutil.rmtree(repo / ".flor" / "catalog")
     with florsql.connect(repo) as conn:
         rebuilt = {t: conn.execute(q).fetchall() for t, q in queries.items()}
     assert rebuilt == incremental
@@ -98,18 +99,18 @@ def test_a_part_in_a_foreign_format_is_skipped_and_the_cli_says_so(script_repo) 
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_an_unreadable_catalog_is_moved_aside_and_rebuilt(script_repo) -> None:
+def test_an_unreadable_manifest_is_rebuilt_from_the_record_files(script_repo) -> None:
     repo = script_repo(SCRIPT)
     run_script(repo, "train.py")
     with florsql.connect(repo) as conn:
         before = conn.execute(SUMMARY).fetchall()
-    catalog = repo / ".flor" / "catalog.duckdb"
-    catalog.write_bytes(b"this is not a duckdb file" * 100)
+    manifest = repo / ".flor" / "catalog" / "manifest.json"
+    manifest.write_bytes(b"this is not a manifest" * 100)
     with pytest.warns(IngestWarning, match="unreadable"):
         conn = florsql.connect(repo)
-    assert conn.execute(SUMMARY).fetchall() == before
+        assert conn.execute(SUMMARY).fetchall() == before
     conn.close()
-    assert list(catalog.parent.glob("catalog.duckdb.unreadable-*"))
+    assert manifest.read_text().startswith("{")  # published again
 
 
 def test_a_run_directory_without_identity_is_ignored_until_complete(script_repo) -> None:

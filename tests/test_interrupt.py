@@ -151,5 +151,7 @@ def test_the_default_memory_limit_is_half_the_ram_and_cannot_be_set_from_sql(
         assert conn.execute("SELECT current_setting('memory_limit')").fetchone() == expected
         with pytest.raises(florsql.NotSupportedError, match="FLORSQL_MEMORY_LIMIT"):
             conn.execute("SET memory_limit = '100GB'")
-        with pytest.raises(florsql.OperationalError, match="another open connection"):
-            florsql.connect(project, memory_limit="64MB")
+        # each connection has its own in-memory instance, and so its own limit
+        with florsql.connect(project, memory_limit="64MB") as small:
+            assert small.execute("SELECT current_setting('memory_limit')").fetchone() != expected
+        assert conn.execute("SELECT current_setting('memory_limit')").fetchone() == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ def test_replayed_records_survive_a_rebuilt_catalog(replayed: Path) -> None:
     query = "SELECT count(*) FROM logs WHERE source = 'replay'"
     with florsql.connect(replayed) as conn:
         before = conn.execute(query).fetchone()
-    (replayed / ".flor" / "catalog.duckdb").unlink()
+    shutil.rmtree(replayed / ".flor" / "catalog")
     with florsql.connect(replayed) as conn:
         assert conn.execute(query).fetchone() == before != (0,)
 

@@ -59,7 +59,7 @@ def project(recorded: Path, tmp_path: Path) -> Path:
     """A private copy of the recorded history, so each test starts with nothing replayed."""
     copy = tmp_path / "proj"
     shutil.copytree(recorded, copy)
-    (copy / ".flor" / "catalog.duckdb").unlink(missing_ok=True)
+    shutil.rmtree(copy / ".flor" / "catalog", ignore_errors=True)
     return copy
 
 

@@ -47,6 +47,10 @@ ATTEMPTS = [
     ("copy-git-hook", "COPY " + PAYLOAD.format(target="{project}/.git/hooks/post-checkout"),
      EXPORT),
     ("copy-catalog", "COPY (SELECT 1 AS x) TO '{project}/.flor/catalog.duckdb'", EXPORT),
+    ("copy-manifest", "COPY (SELECT 1 AS x) TO '{project}/.flor/catalog/manifest.json'", EXPORT),
+    ("copy-segment", "COPY runs TO '{project}/.flor/catalog/seg-00000001-0-logs.parquet' "
+     "(FORMAT parquet)", EXPORT),
+    ("read-segment", "SELECT * FROM read_parquet('{project}/.flor/catalog/*.parquet')", READ),
     ("copy-parts", "COPY runs TO '{parts}/999999.part' (FORMAT parquet)", EXPORT),
     ("explain-outside", "EXPLAIN ANALYZE COPY " + PAYLOAD.format(target="{outside}/p.sh"),
      EXPORT),
@@ -75,10 +79,10 @@ ATTEMPTS = [
     ("allow-dirs", "SET allowed_directories = ['/']", LOCKED),
     ("create-table", "CREATE TABLE notes AS SELECT 1 AS x", "CREATE " + WRITES),
     ("insert", "INSERT INTO runs (runid) VALUES ('ghost')", "INSERT " + WRITES),
-    ("delete", "DELETE FROM logs", "DELETE " + WRITES),
+    ("delete", "DELETE FROM _logs", "DELETE " + WRITES),  # the table under the view
     ("temp-table", "CREATE TEMP TABLE scratch AS SELECT 1 AS x", "CREATE " + WRITES),
     ("explain-temp", "EXPLAIN ANALYZE CREATE TEMP TABLE scratch AS SELECT 1", "CREATE " + WRITES),
-    ("explain-delete", "EXPLAIN ANALYZE DELETE FROM logs", "DELETE " + WRITES),
+    ("explain-delete", "EXPLAIN ANALYZE DELETE FROM _logs", "DELETE " + WRITES),
     ("commit-then-write", "COMMIT; CREATE TABLE evil AS SELECT 1", "TRANSACTION is not allowed"),
     ("checkpoint", "CHECKPOINT", "CALL " + WRITES),
 ]

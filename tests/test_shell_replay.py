@@ -42,7 +42,7 @@ def project(recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FLORSQL_HISTORY", str(tmp_path / "history"))
     copy = tmp_path / "proj"
     shutil.copytree(recorded, copy)
-    (copy / ".flor" / "catalog.duckdb").unlink(missing_ok=True)
+    shutil.rmtree(copy / ".flor" / "catalog", ignore_errors=True)
     return copy
 
 

@@ -79,6 +79,21 @@ def ingest_project(con: duckdb.DuckDBPyConnection, project: Project) -> IngestRe
     return ingest.report
 
 
+def ingest_needed(con: duckdb.DuckDBPyConnection, project: Project) -> bool:
+    """Whether `ingest_project` would find anything to do (a run deleted, or one not settled):
+    a read of the catalog and a stat per run, so a reader takes no lock when nothing is new."""
+    known = _load_sources(con)
+    runs = {s.run_dir for s in known.values()}
+    on_disk = _run_dirs(project.runs_dir)
+    if runs - {relative(d, project.home) for d in on_disk}:
+        return True
+    by_run: dict[str, dict[str, _Source]] = {}
+    for path, source in known.items():
+        by_run.setdefault(source.run_dir, {})[path] = source
+    return any(not _settled(project.home, d, by_run.get(relative(d, project.home), {}))
+               for d in on_disk)
+
+
 @dataclass
 class _Pass:
     """One ingest: the catalog, the flor home, what it did, and which run holds each tstamp."""
@@ -125,23 +140,20 @@ def _sync_run(ingest: _Pass, run_dir: Path, mine: dict[str, _Source],
                                  or _replays_lost(mine, scans)):
         drop_run(con, rel, previous, keep_quarantined=True)  # rebuilt from its files
         scans, previous = _scan_run(con, ingest.home, run_dir, fresh=False), None
-    _write_run(con, scans, mine, quarantine, ingest.report, fresh=previous is None)
+    _write_run(con, scans, mine, quarantine, ingest.report)
 
 
 def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Quarantine,
-               report: IngestReport, fresh: bool) -> None:
+               report: IngestReport) -> None:
     run = scans[0]
     tstamp = run.ident["tstamp"]
-    ctx_map = {} if fresh else dict(con.execute(
-        "SELECT path, ctx_id FROM contexts WHERE tstamp = CAST(? AS TIMESTAMP)",
-        [tstamp]).fetchall())
     for scan in scans:
         if scan.replay and scan.ident is None:
             quarantine.replay(scan, tstamp)
             continue
         quarantine.settle_files(scan)
         _upsert_replay(con, tstamp, scan) if scan.replay else _upsert_run(con, scan)
-        changed = _ingest_parts(con, scan, tstamp, ctx_map, quarantine, report)
+        changed = _ingest_parts(con, scan, tstamp, quarantine, report)
         if not scan.replay:
             changed |= sync_checkpoints(con, scan, tstamp, quarantine)
         source = _Source(run.rel, tstamp, scan.end is not None and not quarantine.holds(scan),
@@ -154,20 +166,30 @@ def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Qua
             report.sources += 1
 
 
-def _ingest_parts(con, scan: Scan, tstamp: str, ctx_map: dict[str, int],
-                  quarantine: Quarantine, report: IngestReport) -> bool:
-    """Add the rows of the source's new parts; whether there were any."""
-    batch = RowBatch(tstamp=tstamp, source="replay" if scan.replay else "forward")
+# Records decoded before they are inserted: large inserts are fast, this bounds their memory.
+_BATCH_RECORDS = 1_000_000
+
+
+def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
+                  report: IngestReport) -> bool:
+    """Add the rows of the source's new parts; whether there were any. Context ids are a
+    function of the context's path (parts.py), so no part needs the catalog's contexts."""
+    source = "replay" if scan.replay else "forward"
+    batch = RowBatch(tstamp=tstamp, source=source)
     ok, new = [], scan.new_parts()
     for rel in new:
         item = scan.parts[rel]
         try:
-            rows_of_part(read_part(item.path), batch, ctx_map)
+            rows_of_part(read_part(item.path), batch)
         except PartError as exc:
             quarantine.part(scan, rel, item, str(exc))
         else:
             report.parts += 1
             ok.append((rel, item))
+        if batch.count >= _BATCH_RECORDS:  # a long backlog goes in bounded steps
+            report.records += batch.count
+            batch.insert_into(con)
+            batch = RowBatch(tstamp=tstamp, source=source)
     report.records += batch.count
     batch.insert_into(con)
     record_ok(con, scan, "part", ok)

@@ -22,25 +22,33 @@ import duckdb
 IDENTITY_COLUMNS = ("projid", "runid", "tstamp", "vid", "filename")
 RENAME_SUFFIX = "_value"
 
-REFRESH_SQL = """
-DELETE FROM _name_depths;
-INSERT INTO _name_depths
-SELECT lower(value_name) AS name_key, value_name, depth, kind,
-       count(*) AS records, count(DISTINCT (tstamp, ctx_id)) AS contexts,
-       count(DISTINCT tstamp) AS runs, list(DISTINCT value_type) AS types,
+# Per run, so an ingest recomputes only the runs it changed (its new rows are not published
+# yet: `_seg IS NULL`; `_dropped` lists the runs it removed or rebuilt).
+_CHANGED_RUNS = """
+SELECT DISTINCT tstamp FROM _logs WHERE _seg IS NULL
+UNION SELECT tstamp FROM _dropped
+"""
+_NAME_STATS = """
+INSERT INTO _name_stats
+SELECT tstamp, lower(value_name) AS name_key, value_name, depth, kind,
+       count(*) AS records, count(DISTINCT ctx_id) AS contexts,
+       list(DISTINCT value_type) AS types,
        -- the exact test (a cast of the text) runs only on ints too large for the double test
        count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 9.2e18
                         AND TRY_CAST(value_text AS BIGINT) IS NULL) AS over_int64,
        count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 1.7e38
                         AND TRY_CAST(value_text AS HUGEINT) IS NULL) AS over_int128
-FROM logs GROUP BY ALL;
-DELETE FROM _loop_dims;
-INSERT INTO _loop_dims
-SELECT DISTINCT loop_name, depth FROM contexts WHERE depth > 0;
-INSERT OR REPLACE INTO _meta
-SELECT 'names_generation', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1 AS VARCHAR)
-FROM _meta WHERE key = 'names_generation';
-INSERT OR REPLACE INTO _meta SELECT 'names_records', CAST(count(*) AS VARCHAR) FROM logs;
+FROM _logs WHERE tstamp IN (SELECT tstamp FROM _changed) GROUP BY ALL
+"""
+# loop names at depths 1-3 are denormalized onto each record; deeper ones are in _contexts
+_LOOP_STATS = """
+INSERT INTO _loop_stats
+SELECT DISTINCT tstamp, loop_name, depth FROM (
+    SELECT tstamp, loop_1 AS loop_name, 1 AS depth FROM _logs WHERE depth >= 1
+    UNION ALL SELECT tstamp, loop_2, 2 FROM _logs WHERE depth >= 2
+    UNION ALL SELECT tstamp, loop_3, 3 FROM _logs WHERE depth >= 3
+    UNION ALL SELECT tstamp, loop_name, depth FROM _contexts WHERE depth > 3
+) WHERE tstamp IN (SELECT tstamp FROM _changed)
 """
 
 
@@ -110,21 +118,29 @@ class HistorySchema:
         return cols
 
 
-def refresh_names(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(REFRESH_SQL)
-
-
-def names_are_stale(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether logs changed since the statistics were computed (e.g. a crash in between)."""
-    row = con.execute(
-        "SELECT (SELECT value FROM _meta WHERE key = 'names_records') "
-        "IS DISTINCT FROM CAST((SELECT count(*) FROM logs) AS VARCHAR)").fetchone()
-    return bool(row[0])
+def refresh_names(con: duckdb.DuckDBPyConnection) -> bool:
+    """Recompute the name statistics of the runs an ingest changed; whether there were any."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed AS {_CHANGED_RUNS}")
+    try:
+        if not con.execute("SELECT count(*) FROM _changed").fetchone()[0]:
+            return False
+        for table in ("_name_stats", "_loop_stats"):
+            con.execute(f"DELETE FROM {table} WHERE tstamp IN (SELECT tstamp FROM _changed)")
+        con.execute(_NAME_STATS)
+        con.execute(_LOOP_STATS)
+        con.execute("INSERT OR REPLACE INTO _meta SELECT 'names_generation', CAST(coalesce(max("
+                    "CAST(value AS BIGINT)), 0) + 1 AS VARCHAR) FROM _meta "
+                    "WHERE key = 'names_generation'")
+    finally:
+        con.execute("DROP TABLE IF EXISTS _changed")
+    return True
 
 
 def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:
     dim_depths: dict[str, set[int]] = {}
-    for name, depth in con.execute("SELECT loop_name, depth FROM _loop_dims").fetchall():
+    # ordered, so `history`'s columns come in one order whichever process computed them
+    rows = con.execute("SELECT loop_name, depth FROM _loop_dims ORDER BY depth, loop_name")
+    for name, depth in rows.fetchall():
         dim_depths.setdefault(name, set()).add(depth)
     dims = {name: max(depths) for name, depths in dim_depths.items()}
     rows = con.execute(

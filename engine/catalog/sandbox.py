@@ -16,13 +16,10 @@ catalog (ingest appends registered Arrow tables, `con.register`), spilling to Du
 directory (`<catalog>.tmp`), and `SET` of the local options in USER_SETTABLE. Python
 replacement scans (a query naming a local variable) are off with external access.
 
-Keeping the sandbox when the catalog becomes Parquet segments (a later issue): DuckDB's
-allow-lists (`allowed_directories`, `allowed_paths`) also allow *writing* into what they allow
-(`COPY ... TO` an allowed Parquet file overwrites it), so never open them to the flor home.
-Hand the segments to the query as Arrow datasets registered in the connection
-(`con.register(name, pyarrow.dataset.dataset(paths))`, read by Python, invisible as files to
-SQL), or ATTACH a DuckDB file READ_ONLY before `lock_down`; and lock before the first user
-statement, since a locked instance cannot be unlocked.
+The catalog's Parquet segments reach SQL without opening any file to it: Python (pyarrow) reads
+them into the session's in-memory instance (mirror.py). DuckDB's allow-lists
+(`allowed_directories`, `allowed_paths`) also allow *writing* into what they allow (`COPY ...
+TO` an allowed Parquet file overwrites it), so they stay closed to the flor home.
 """
 
 from __future__ import annotations
@@ -66,13 +63,9 @@ def memory_limit(requested: str | None = None) -> str:
 
 def lock_down(con: duckdb.DuckDBPyConnection, limit: str | None = None) -> None:
     """Bound the database instance of `con` for its life: no files, no extensions, `limit`.
-
-    Connections of one process to one catalog share a DuckDB instance: when another already
-    locked it, only check that it runs under the memory limit asked for.
-    """
+    Each catalog session has an instance of its own (mirror.py), locked once."""
     wanted = memory_limit(limit)
     if _locked(con):
-        _check_same_limit(con, wanted, explicit=bool(limit or os.environ.get(MEMORY_ENV)))
         return
     try:
         con.execute(f"SET memory_limit = {_literal(wanted)}")
@@ -152,24 +145,6 @@ def _locked(con: duckdb.DuckDBPyConnection) -> bool:
         raise SandboxError("the catalog's DuckDB instance was locked with file access on by "
                            "other code in this process; florsql cannot sandbox it")
     return bool(locked)
-
-
-def _check_same_limit(con: duckdb.DuckDBPyConnection, wanted: str, explicit: bool) -> None:
-    if not explicit:  # the default: whatever the first connection of this process chose
-        return
-    running = current_memory_limit(con)
-    scratch = duckdb.connect(":memory:")  # DuckDB's own reading of `wanted`, to compare
-    try:
-        scratch.execute(f"SET memory_limit = {_literal(wanted)}")
-        asked = current_memory_limit(scratch)
-    except duckdb.Error:
-        asked = wanted
-    finally:
-        scratch.close()
-    if asked != running:
-        raise SandboxError(
-            f"memory limit {wanted!r} cannot apply: another open connection to this project "
-            f"in this process runs under {running}; close it first")
 
 
 def _literal(text: str) -> str:

@@ -1,22 +1,14 @@
-"""The DuckDB catalog: schema, and opening it safely.
+"""The catalog's schema: the tables every process's in-memory mirror (mirror.py) holds.
 
-The catalog is derived entirely from the record files under the flor home, so an unreadable
-catalog is moved aside and rebuilt. Only one process may write a DuckDB file at a time: other
-processes wait for it (FLOR_CATALOG_TIMEOUT seconds, default 30) instead of failing.
+Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published segment their
+rows came from (NULL until published); the user sees them through the views `logs`,
+`contexts` and `iterations`, without it. `_dropped` lists runs an ingest here removed, which
+the next publish turns into tombstones (store.py).
 """
 
 from __future__ import annotations
 
-import os
-import time
-import warnings
-from pathlib import Path
-
-import duckdb
-
-from ..errors import CatalogLockedError, CatalogNotWritableError, IngestWarning
-
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -25,21 +17,34 @@ CREATE TABLE IF NOT EXISTS runs (
     argv VARCHAR[], status VARCHAR, start_time TIMESTAMPTZ, end_time TIMESTAMPTZ,
     error VARCHAR, pid BIGINT, hostname VARCHAR, run_dir VARCHAR
 );
-CREATE TABLE IF NOT EXISTS logs (
-    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, value_name VARCHAR, value_type VARCHAR,
-    value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT
+CREATE TABLE IF NOT EXISTS _logs (
+    tstamp TIMESTAMP, ctx_id BIGINT, depth INTEGER, value_name VARCHAR, value_type VARCHAR,
+    value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT,
+    loop_1 VARCHAR, iter_1 BIGINT, ctx_1 BIGINT, loop_2 VARCHAR, iter_2 BIGINT, ctx_2 BIGINT,
+    loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, _seg INTEGER
 );
-CREATE TABLE IF NOT EXISTS contexts (
-    tstamp TIMESTAMP, ctx_id INTEGER, depth INTEGER, path VARCHAR, parent_id INTEGER,
-    loop_name VARCHAR, iteration BIGINT
+CREATE OR REPLACE VIEW logs AS
+SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord
+FROM _logs;
+CREATE TABLE IF NOT EXISTS _contexts (
+    tstamp TIMESTAMP, ctx_id BIGINT, depth INTEGER, path VARCHAR, parent_id BIGINT,
+    loop_name VARCHAR, iteration BIGINT,
+    loop_1 VARCHAR, iter_1 BIGINT, ctx_1 BIGINT, loop_2 VARCHAR, iter_2 BIGINT, ctx_2 BIGINT,
+    loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, _seg INTEGER
 );
+CREATE OR REPLACE VIEW contexts AS
+SELECT tstamp, ctx_id, depth, path, parent_id, loop_name, iteration FROM _contexts;
 CREATE TABLE IF NOT EXISTS checkpoints (
     tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, path VARCHAR, bytes BIGINT,
     seconds DOUBLE, blocked_seconds DOUBLE, created TIMESTAMPTZ
 );
-CREATE TABLE IF NOT EXISTS iterations (
-    tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, seconds DOUBLE, source VARCHAR
+CREATE TABLE IF NOT EXISTS _iterations (
+    tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, seconds DOUBLE, source VARCHAR,
+    _seg INTEGER
 );
+CREATE OR REPLACE VIEW iterations AS
+SELECT tstamp, loop_name, iteration, seconds, source FROM _iterations;
+CREATE TABLE IF NOT EXISTS _dropped (tstamp TIMESTAMP);
 CREATE TABLE IF NOT EXISTS replays (
     tstamp TIMESTAMP, replay_id VARCHAR, status VARCHAR, end_time TIMESTAMPTZ, error VARCHAR,
     names VARCHAR[], loop_name VARCHAR, start_iter BIGINT, stop_iter BIGINT
@@ -53,20 +58,34 @@ CREATE TABLE IF NOT EXISTS _sources (
     signature VARCHAR
 );
 CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS _name_depths (
-    name_key VARCHAR, value_name VARCHAR, depth INTEGER, kind VARCHAR, records BIGINT,
-    contexts BIGINT, runs BIGINT, types VARCHAR[], over_int64 BIGINT, over_int128 BIGINT
+CREATE TABLE IF NOT EXISTS _name_stats (
+    tstamp TIMESTAMP, name_key VARCHAR, value_name VARCHAR, depth INTEGER, kind VARCHAR,
+    records BIGINT, contexts BIGINT, types VARCHAR[], over_int64 BIGINT, over_int128 BIGINT
 );
-CREATE TABLE IF NOT EXISTS _loop_dims (loop_name VARCHAR, depth INTEGER);
+CREATE OR REPLACE VIEW _name_depths AS
+SELECT name_key, value_name, depth, kind, sum(records)::BIGINT AS records,
+       sum(contexts)::BIGINT AS contexts, count(DISTINCT tstamp) AS runs,
+       list_distinct(flatten(list(types))) AS types, sum(over_int64)::BIGINT AS over_int64,
+       sum(over_int128)::BIGINT AS over_int128
+FROM _name_stats GROUP BY ALL;
+CREATE TABLE IF NOT EXISTS _loop_stats (tstamp TIMESTAMP, loop_name VARCHAR, depth INTEGER);
+CREATE OR REPLACE VIEW _loop_dims AS SELECT DISTINCT loop_name, depth FROM _loop_stats;
 CREATE OR REPLACE VIEW loops AS
-WITH RECURSIVE chain AS (
-    SELECT tstamp, ctx_id, ctx_id AS anc_id FROM contexts WHERE depth > 0
+WITH RECURSIVE deep AS (  -- loops 1..3 are columns of each context; deeper ones are walked
+    SELECT tstamp, ctx_id, depth AS anc_depth, loop_name, iteration, parent_id
+    FROM _contexts WHERE depth > 3
     UNION ALL
-    SELECT ch.tstamp, ch.ctx_id, c.parent_id FROM chain AS ch
-    JOIN contexts AS c ON c.tstamp = ch.tstamp AND c.ctx_id = ch.anc_id WHERE c.depth > 1
+    SELECT d.tstamp, d.ctx_id, c.depth, c.loop_name, c.iteration, c.parent_id FROM deep AS d
+    JOIN _contexts AS c ON c.tstamp = d.tstamp AND c.ctx_id = d.parent_id WHERE c.depth > 3
 )
-SELECT ch.tstamp, ch.ctx_id, a.depth - 1 AS depth, a.loop_name, a.iteration
-FROM chain AS ch JOIN contexts AS a ON a.tstamp = ch.tstamp AND a.ctx_id = ch.anc_id;
+SELECT tstamp, ctx_id, 0 AS depth, loop_1 AS loop_name, iter_1 AS iteration
+FROM _contexts WHERE depth >= 1
+UNION ALL
+SELECT tstamp, ctx_id, 1, loop_2, iter_2 FROM _contexts WHERE depth >= 2
+UNION ALL
+SELECT tstamp, ctx_id, 2, loop_3, iter_3 FROM _contexts WHERE depth >= 3
+UNION ALL
+SELECT tstamp, ctx_id, anc_depth - 1, loop_name, iteration FROM deep;
 CREATE OR REPLACE VIEW names AS
 SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        max(depth) AS depth, sum(records) AS records, max(runs) AS runs,
@@ -76,82 +95,3 @@ FROM _name_depths GROUP BY value_name;
 
 USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
                "names")
-
-
-def open_catalog(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) the catalog at `path`, waiting while another process holds it."""
-    con = _connect_waiting(path, read_only)
-    if not read_only:
-        _ensure_schema(con)
-    return con
-
-
-def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables; a catalog of another schema version is dropped and re-ingested."""
-    try:
-        row = con.execute("SELECT value FROM _meta WHERE key = 'schema_version'").fetchone()
-    except duckdb.CatalogException:
-        row = None
-    if row is not None and row[0] == SCHEMA_VERSION:
-        return  # the common case: no DDL, no write on open
-    if row is not None:
-        tables = con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
-        for (name,) in tables:
-            con.execute(f'DROP TABLE "{name}"')
-    con.execute(SCHEMA)
-    con.execute("INSERT OR IGNORE INTO _meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-
-
-def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    if not read_only:
-        _check_writable(path)
-    timeout = float(os.environ.get("FLOR_CATALOG_TIMEOUT", "30"))
-    start, delay = time.monotonic(), 0.01
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                return _rebuild_unreadable(path, exc, read_only)
-            waited = time.monotonic() - start
-            if waited > timeout:
-                raise CatalogLockedError(str(path), waited) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        except duckdb.Error as exc:
-            return _rebuild_unreadable(path, exc, read_only)
-
-
-def _check_writable(path: Path) -> None:
-    """DuckDB needs to write the file and a WAL beside it: say so before it fails obscurely."""
-    for target in (path.parent, path):
-        if target.exists() and not os.access(target, os.W_OK):
-            raise CatalogNotWritableError(str(path), _why_not_writable(target))
-
-
-def _why_not_writable(target: Path) -> str:
-    try:
-        read_only_fs = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only_fs = False
-    return "read-only file system" if read_only_fs else f"no write permission on {target.name}"
-
-
-def _rebuild_unreadable(path: Path, exc: Exception, read_only: bool) -> duckdb.DuckDBPyConnection:
-    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-    try:
-        os.replace(path, aside)
-        wal = path.with_name(path.name + ".wal")
-        if wal.exists():
-            os.replace(wal, aside.with_name(aside.name + ".wal"))
-    except OSError as err:  # the catalog cannot be moved aside: it is not ours to rebuild
-        reason = str(exc).splitlines()[0][:120] if path.exists() else err.strerror
-        raise CatalogNotWritableError(str(path), reason) from None
-    warnings.warn(
-        f"catalog {path} was unreadable ({str(exc).splitlines()[0][:120]}); moved it to "
-        f"{aside.name} and rebuilding it from the record files",
-        IngestWarning,
-        stacklevel=3,
-    )
-    return duckdb.connect(str(path), read_only=read_only)

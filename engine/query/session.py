@@ -1,7 +1,9 @@
 """A project's open catalog: ingest on demand, the current `history` schema, query preparation.
 
 The DB-API connection, the shell and `flor.dataframe` all go through this one object, so every
-surface sees the same tables, the same `history` and the same errors.
+surface sees the same tables, the same `history` and the same errors. Each session queries its
+own in-memory mirror of the published catalog (catalog/mirror.py): any number of sessions, in
+any number of processes, read at once without waiting for each other.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import duckdb
 
 from flor import protocol
 
-from ..catalog.ingest import IngestReport, ingest_project
-from ..catalog.names import HistorySchema, load_history_schema, names_are_stale, refresh_names
-from ..catalog.sandbox import lock_down
-from ..catalog.schema import SCHEMA_VERSION, open_catalog
+from ..catalog.ingest import IngestReport, ingest_needed, ingest_project
+from ..catalog.mirror import Mirror, open_mirror
+from ..catalog.names import HistorySchema, load_history_schema, refresh_names
+from ..catalog.schema import SCHEMA_VERSION
 from ..code.script_names import script_names, scripts_stamp
 from ..project import Project, locate_project
 from .history import build_history_sql
@@ -30,34 +32,27 @@ T = TypeVar("T")
 _HIDDEN_PREFIX = "_"
 _PREPARED_CACHE = 128  # rewritten queries kept per session
 _RACY_NS = 2_000_000_000  # a directory changed this recently may change again unseen
-# Connections of one process share DuckDB's database instance: serialise their writes.
-_WRITE_LOCKS: dict[str, threading.Lock] = {}
-_GUARD = threading.Lock()
 _TABLES_BY_VERSION: dict[str, dict[str, dict[str, str]]] = {}
-
-
-def _write_lock(path: os.PathLike) -> threading.Lock:
-    with _GUARD:
-        return _WRITE_LOCKS.setdefault(str(path), threading.Lock())
 
 
 class CatalogSession:
     """One open catalog of one project.
 
-    Its DuckDB instance is locked down (sandbox.py) before any statement: no file access, no
-    extensions, a memory limit (`memory_limit`, else FLORSQL_MEMORY_LIMIT, else half the RAM).
+    Its in-memory DuckDB instance is locked down (sandbox.py) before any statement: no file
+    access, no extensions, a memory limit (`memory_limit`, else FLORSQL_MEMORY_LIMIT, else
+    half the RAM).
     """
 
     def __init__(self, path: str | os.PathLike = ".", memory_limit: str | None = None) -> None:
         self.project: Project = locate_project(path)
-        self._lock = _write_lock(self.project.catalog_path)
-        with self._lock:
-            self.con: duckdb.DuckDBPyConnection = open_catalog(self.project.catalog_path)
-            try:
-                lock_down(self.con, memory_limit)
-            except BaseException:
-                self.con.close()
-                raise
+        self._lock = threading.RLock()  # one ingest at a time on this session's mirror
+        self.mirror: Mirror = open_mirror(self.project.home, memory_limit)
+        self.con: duckdb.DuckDBPyConnection = self.mirror.con
+        try:  # what is published, as a catalog file held it before: planning reads it at once
+            self.mirror.sync()
+        except BaseException:
+            self.mirror.close()
+            raise
         # Temporary files of crashed writers (kill -9) go with each opening, off this thread.
         from flor.housekeeping import clean_in_background
 
@@ -72,26 +67,34 @@ class CatalogSession:
         self._prepared: OrderedDict[tuple, Rewrite] = OrderedDict()
 
     def refresh(self) -> IngestReport:
-        """Ingest new record parts; recompute the name statistics if any records arrived.
+        """Load what other processes published, then ingest new record parts and publish them.
 
-        When every known run has ended and neither `runs/` nor `replays-staging/` changed
-        since the last full check, nothing can be new: the scan of every run directory is
-        skipped (a change within the last seconds is never trusted, as mtimes are coarse).
+        Reading takes no lock: only a process that finds record files newer than the published
+        catalog takes the ingest lock (catalog/store.py), loads what was published meanwhile,
+        and ingests what is still new. When every known run has ended and neither `runs/` nor
+        `replays-staging/` changed since the last full check, nothing can be new: the scan of
+        every run directory is skipped (a change within the last seconds is never trusted, as
+        mtimes are coarse).
         """
         stamp = self._files_stamp()
-        if stamp is not None and stamp == self._quiet_stamp:
+        if stamp is not None and stamp == self._quiet_stamp and self.mirror.current():
             return IngestReport()
+        report = IngestReport()
         with self._lock:
-            report = ingest_project(self.con, self.project)
-            if report.records or names_are_stale(self.con):
-                refresh_names(self.con)
+            self.mirror.sync()
+            if ingest_needed(self.con, self.project):
+                with self.mirror.store.ingest_lock() as can_publish:
+                    self.mirror.sync()  # what others published while this one waited
+                    report = ingest_project(self.con, self.project)
+                    refresh_names(self.con)
+                    self.mirror.publish(can_publish)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
             self._data_version = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'data_version'").fetchone()
             unsealed = self.con.execute(
                 "SELECT count(*) FROM _sources WHERE NOT sealed").fetchone()[0]
-        if generation != self._generation:  # this or another connection saw new names
+        if generation != self._generation:  # this or another process saw new names
             self._schema, self._generation = None, generation
         self._quiet_stamp = stamp if not unsealed else None
         return report
@@ -180,4 +183,4 @@ class CatalogSession:
         return build_history_sql(self.history_schema, None)
 
     def close(self) -> None:
-        self.con.close()
+        self.mirror.close()

@@ -111,12 +111,11 @@ def _todo(site: ScriptName, window: set[int] | None, iterations: list[int],
 
 def _present(session: CatalogSession,
              names: list[str]) -> dict[tuple[datetime, str], set[int | None]]:
-    """(tstamp, name) -> the outer iterations holding a record of it (None: outside loops)."""
+    """(tstamp, name) -> the outer iterations holding a record of it (None: outside loops).
+    A record carries its outermost loop's iteration (`iter_1`, NULL at run level)."""
     rows = session.con.execute(
-        "SELECT l.tstamp, lower(l.value_name), list(DISTINCT TRY_CAST("
-        "split_part(split_part(c.path, '/', 1), '=', 2) AS BIGINT)) FROM logs l "
-        "JOIN contexts c ON c.tstamp = l.tstamp AND c.ctx_id = l.ctx_id "
-        "WHERE lower(l.value_name) IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL",
+        "SELECT tstamp, lower(value_name), list(DISTINCT iter_1) FROM _logs "
+        "WHERE lower(value_name) IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL",
         [names]).fetchall()
     return {(t, n): set(iters) for t, n, iters in rows}
 

@@ -1,4 +1,4 @@
-"""Catalog benchmark: the "Must hold" bars of the catalog redesign (issue 13), today's engine.
+"""Catalog benchmark: the "Must hold" bars of the catalog redesign (issue 13).
 
 Run from the repository root (not part of the unit-test suite):
 
@@ -8,8 +8,9 @@ Run from the repository root (not part of the unit-test suite):
 It uses public surfaces only (real `flor` subprocesses record; `florsql.connect` reads; plain
 `duckdb` holds the baselines), so it runs unchanged against a new storage:
   1. ingest: one run of 1M `flor.log("loss", x)` records (10 x 100k steps), recorded while a
-     warm `florsql.connect` is open on the project; `conn.refresh()` alone is timed, with the
-     peak RSS growth of this process during it;
+     warm `florsql.connect` is open on the project; `conn.refresh()` alone is timed (ingest
+     and publish), with the peak RSS growth of this process during it; then the disk taken by
+     the published catalog against the parts, and the time a second connection takes to load it;
   2. `SELECT epoch, avg(loss) FROM history GROUP BY epoch` and one run's two-metric learning
      curve at step grain, over 1M and 10M records (10 and 100 runs x 10 x 5,000 steps x
      `loss`, `acc`), vs the same queries over flat LONG and WIDE DuckDB tables of the same
@@ -174,9 +175,23 @@ def bench_ingest(scratch: Path, plan: Plan) -> dict:
         secs = time.perf_counter() - t0
         sql = "SELECT count(loss) FROM history WHERE runid = 'big'"
         count = conn.execute(sql).fetchall()[0][0]
+    log("opening a second connection, which loads the published segments ...")
+    t0 = time.perf_counter()
+    with florsql.connect(str(repo)) as other:
+        other.refresh()
+        load_s = time.perf_counter() - t0
+        assert other.execute(sql).fetchall()[0][0] == count
     return {"records": count, "expected": n, "record_s": rec_s, "refresh_s": secs,
             "records_per_s": count / secs, "rss_growth_mib": mib, "rss_method": how,
-            "report": repr(report)}
+            "report": repr(report), "load_s": load_s, **disk_use(repo)}
+
+
+def disk_use(repo: Path) -> dict:
+    """Bytes of the record parts and of the published catalog (segments, state, manifest)."""
+    home = repo / ".flor"
+    parts = sum(p.stat().st_size for p in home.glob("runs/*/parts/*"))
+    catalog = sum(p.stat().st_size for p in (home / "catalog").rglob("*") if p.is_file())
+    return {"parts_bytes": parts, "catalog_bytes": catalog}
 
 
 # --- 2. history queries vs flat long and wide DuckDB tables -----------------------------------
@@ -257,7 +272,12 @@ def bench_history(scratch: Path, plan: Plan, runs: int) -> dict:
     log(f"recorded in {out['record_s']:.0f} s; ingesting (connect + refresh) ...")
     t0 = time.perf_counter()
     conn, mib, how = peak_rss_growth(lambda: open_ingested(repo))
-    out.update(ingest_s=time.perf_counter() - t0, rss_growth_mib=mib, rss_method=how)
+    out.update(ingest_s=time.perf_counter() - t0, rss_growth_mib=mib, rss_method=how,
+               **disk_use(repo))
+    t0 = time.perf_counter()
+    reader, mib, how = peak_rss_growth(lambda: open_ingested(repo))  # loads, ingests nothing
+    reader.close()
+    out.update(load_s=time.perf_counter() - t0, load_rss_growth_mib=mib)
     out["runid"] = f"run{runs // 2:03d}"
     with conn:
         log("exporting the records into flat DuckDB tables ...")
@@ -327,6 +347,10 @@ def ingest_lines(r: dict) -> list[str]:
         f"{verdict(rps >= TARGET_INGEST_RPS)}, {rps / TARGET_INGEST_RPS:.3f}x of target)",
         f"   peak RSS growth during it {r['rss_growth_mib']:.0f} MiB ({r['rss_method']}); "
         f"recording subprocess {r['record_s']:.1f} s",
+        f"   published catalog {r['catalog_bytes'] / 2**20:.1f} MiB for "
+        f"{r['parts_bytes'] / 2**20:.1f} MiB of parts (ratio "
+        f"{r['catalog_bytes'] / max(r['parts_bytes'], 1):.2f}); a second connection loads it "
+        f"in {r['load_s']:.2f} s",
     ]
 
 
@@ -341,6 +365,10 @@ def history_lines(h: dict, p: dict) -> list[str]:
         f"   setup: recorded in {h['record_s']:.0f} s; ingest (connect + refresh) "
         f"{h['ingest_s']:.1f} s = {rps:,.0f} records/s, peak RSS growth {mem:.0f} MiB{mem_check}"
         f"; flat tables {h['flat']['long_rows']:,} long / {h['flat']['wide_rows']:,} wide rows",
+        f"   published catalog {h['catalog_bytes'] / 2**20:.1f} MiB for "
+        f"{h['parts_bytes'] / 2**20:.1f} MiB of parts (ratio "
+        f"{h['catalog_bytes'] / max(h['parts_bytes'], 1):.2f}); another connection loads it in "
+        f"{h['load_s']:.1f} s, peak RSS growth {h['load_rss_growth_mib']:.0f} MiB",
         f"   {'query':<10} {'rows':>7} {'florsql':>10} {'long':>9} {'wide':>9}   florsql/long "
         f"(target <= {TARGET_LONG_RATIO:.1f})  florsql/wide  answers agree",
     ]

@@ -1,0 +1,212 @@
+"""Each process's own in-memory DuckDB copy of the published catalog: the *mirror*.
+
+    open_mirror(home, limit) -> Mirror   an in-memory instance with the catalog schema,
+                                         locked down (sandbox.py) before any user statement
+    Mirror.sync()                        load what the manifest publishes beyond what is loaded
+    Mirror.publish(can_publish)          after an ingest here: publish it (store.py)
+
+User SQL runs on this instance only. It holds no file: segments are read by Python (pyarrow)
+and inserted, so the sandbox keeps every file out of SQL's reach, the catalog's included, and
+no process ever waits for another to read. Sync is incremental: new segments are inserted,
+retired ones deleted by segment id, tombstones applied, and the small tables replaced when
+their state changed. Files are read before anything is deleted, so a file collected under a
+slow reader (FileNotFoundError) leaves the mirror as it was, and the newer manifest is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from flor import protocol
+
+from ..errors import IngestWarning
+from .parts import insert_arrow
+from .sandbox import lock_down
+from .schema import SCHEMA
+from .store import SEGMENTED, STATE_TABLES, Manifest, Store
+
+_SYNC_ATTEMPTS = 8
+_BATCH_ROWS = 1 << 20  # rows read from a segment at a time: bounds a reader's peak memory
+
+
+@dataclass
+class _Loaded:
+    """What the mirror holds, as published (`files`: per table, (segment id, file))."""
+
+    manifest: Manifest = field(default_factory=Manifest)
+    files: dict[str, set[tuple[int, str]]] = field(default_factory=lambda: {t: set()
+                                                                             for t in SEGMENTED})
+    stamp: tuple | None = None
+    broken: bool = False  # holds rows a failed publish left unpublished: reload in full
+    local: bool = False  # holds rows that could not be published (read-only home)
+
+
+class Mirror:
+    def __init__(self, con: duckdb.DuckDBPyConnection, store: Store, spill: Path) -> None:
+        self.con, self.store, self._spill = con, store, spill
+        self.loaded = _Loaded()
+        self._warned = False
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.loaded.manifest
+
+    def current(self) -> bool:
+        """Whether the published catalog is the one loaded (a stat, no read)."""
+        return not self.loaded.broken and self.store.stamp() == self.loaded.stamp
+
+    def sync(self) -> bool:
+        """Bring the mirror to the published manifest; whether anything changed."""
+        for _ in range(_SYNC_ATTEMPTS):
+            stamp = self.store.stamp()
+            if stamp == self.loaded.stamp and not self.loaded.broken:
+                return False
+            manifest = self.store.read_manifest()
+            try:
+                changed = self._apply(manifest)
+            except FileNotFoundError:
+                continue  # collected after a newer manifest replaced it: read that one
+            self.loaded.stamp = stamp
+            return changed
+        raise OSError(f"the catalog in {self.store.dir} changed under every read; "
+                      "is a process rewriting it in a loop?")
+
+    def _apply(self, manifest: Manifest) -> bool:
+        loaded = self.loaded
+        if loaded.broken or (loaded.local and manifest.version != loaded.manifest.version):
+            self._reset()
+        if manifest.version == loaded.manifest.version and manifest.state == loaded.manifest.state:
+            return False
+        new_files = {t: {(s.id, s.file) for s in manifest.segments[t]} for t in SEGMENTED}
+        state = None
+        if manifest.state != loaded.manifest.state and manifest.state:
+            state = {t: self.store.read_table(f"{manifest.state}/{t}.parquet")
+                     for t in STATE_TABLES}
+        with contextlib.ExitStack() as stack:
+            # every file is opened before any change: one collected since raises here, and
+            # an open file stays readable however long the load takes
+            incoming = {t: [(i, stack.enter_context(open(self.store.dir / f, "rb")))
+                            for i, f in sorted(new_files[t] - loaded.files[t])]
+                        for t in SEGMENTED}
+            self._load(manifest, new_files, incoming, state)
+        loaded.manifest, loaded.files = manifest, new_files
+        return True
+
+    def _load(self, manifest: Manifest, new_files: dict, incoming: dict,
+              state: dict | None) -> None:
+        """Apply the difference in one transaction: a query sees all of it or none."""
+        con, loaded = self.con, self.loaded
+        con.execute("BEGIN")
+        try:
+            for table in SEGMENTED:
+                gone = sorted({i for i, _ in loaded.files[table] - new_files[table]})
+                if gone:
+                    con.execute(f"DELETE FROM {table} WHERE list_contains(?, _seg)", [gone])
+                for tstamp, upto in set(manifest.tombstones) - set(loaded.manifest.tombstones):
+                    con.execute(f"DELETE FROM {table} WHERE tstamp = CAST(? AS TIMESTAMP) "
+                                "AND _seg <= ?", [tstamp, upto])
+                for seg_id, handle in incoming[table]:
+                    self._insert_segment(table, seg_id, handle, manifest.dead_in(seg_id))
+            if state is not None:
+                for table, rows in state.items():
+                    con.execute(f"DELETE FROM {table}")
+                    insert_arrow(con, rows, f"INSERT INTO {table} SELECT * FROM {{}}", [])
+            _bump(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def _insert_segment(self, table: str, seg_id: int, handle, dead: list[str]) -> None:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=_BATCH_ROWS):
+            insert_arrow(self.con, batch, f"INSERT INTO {table} SELECT *, ? FROM {{}}", [seg_id])
+        if dead:  # tombstoned since it was written
+            self.con.execute(f"DELETE FROM {table} WHERE _seg = ? AND list_contains("
+                             "CAST(? AS TIMESTAMP[]), tstamp)", [seg_id, dead])
+
+    def _reset(self) -> None:
+        for table in (*SEGMENTED, *STATE_TABLES):
+            self.con.execute(f"DELETE FROM {table}")
+        self.con.execute("DELETE FROM _dropped")
+        self.loaded = _Loaded()
+
+    def publish(self, can_publish: bool) -> None:
+        """Publish what an ingest added to the mirror (under the ingest lock)."""
+        if not can_publish:
+            self.loaded.local = True
+            self._warn(f"cannot write {self.store.dir}: this process ingests the record "
+                       "files for itself (others do the same)")
+            return
+        try:
+            new = self.store.publish(self.con, self.manifest)
+        except OSError as exc:
+            self.loaded.broken = True  # its rows stay for this query; the next reloads
+            self._warn(f"cannot publish the catalog to {self.store.dir} "
+                       f"({exc.strerror or exc}); queries still see every record")
+            return
+        if new is not None:
+            self.loaded.manifest = new
+            self.loaded.files = {t: {(s.id, s.file) for s in new.segments[t]} for t in SEGMENTED}
+            self.loaded.stamp = self.store.stamp()
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message, IngestWarning, stacklevel=4)
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
+
+
+def open_mirror(home: Path, limit: str | None = None) -> Mirror:
+    """A new mirror of the catalog of the flor home `home`, empty until `sync`."""
+    _retire_legacy_catalog(home)
+    spill = Path(tempfile.mkdtemp(prefix="florsql-spill-"))  # DuckDB's own, never the user's
+    con = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
+    try:
+        con.execute(SCHEMA)
+        lock_down(con, limit)
+    except BaseException:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
+    return Mirror(con, Store(home, protocol.CATALOG_DIR), spill)
+
+
+def new_catalog() -> duckdb.DuckDBPyConnection:
+    """An empty in-memory catalog with the schema, not locked (tests and tools)."""
+    con = duckdb.connect(":memory:")
+    con.execute(SCHEMA)
+    return con
+
+
+def _bump(con: duckdb.DuckDBPyConnection) -> None:
+    """Mark derived facts stale (CatalogSession.derived, the `history` schema)."""
+    for key in ("data_version", "names_generation"):
+        con.execute("INSERT OR REPLACE INTO _meta SELECT ?, CAST(coalesce(max(CAST(value AS "
+                    "BIGINT)), 0) + 1 AS VARCHAR) FROM _meta WHERE key = ?", [key, key])
+
+
+def _retire_legacy_catalog(home: Path) -> None:
+    """Before 0.6 the catalog was one DuckDB file, which one process at a time could open.
+    It was derived from the record files like the new one: remove it, once, with a notice."""
+    old = home / protocol.CATALOG_FILE
+    if not old.exists():
+        return
+    leftovers = [old, *home.glob(protocol.CATALOG_FILE + ".*")]
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() else os.unlink(path)
+    warnings.warn(f"removed the old single-file catalog {old} (derived from the record files, "
+                  f"like the new one in {home / protocol.CATALOG_DIR}/, built now)",
+                  IngestWarning, stacklevel=3)

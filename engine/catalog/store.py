@@ -1,0 +1,343 @@
+"""The published catalog: immutable Parquet segments plus one manifest, read by every process.
+
+    <home>/catalog/manifest.json                 what is published; replaced by rename
+    <home>/catalog/seg-<id>-<token>-<table>.parquet   rows of a large table (_logs, _contexts,
+                                                 _iterations) first published as segment <id>
+    <home>/catalog/state-<v>-<token>/<table>.parquet  the small tables, whole, as of version <v>
+    <home>/catalog/ingest.lock                   held by the one process ingesting
+
+Publishing (`publish`, under `ingest_lock`): the new segment and state files are written to
+temporary names, fsynced and renamed; then the manifest is written the same way. The rename
+of the manifest is the commit: a process killed before it leaves unreferenced files (swept by
+a later publish), never a half-visible change. Readers (`mirror.py`) read the manifest and the
+files it names without any lock, so they never wait for each other or for a writer.
+
+A run rebuilt from its files (or deleted) gets a *tombstone* `(tstamp, upto)`: its rows in
+segments up to `upto` are gone. Compaction merges many small segments into one, leaving the
+tombstoned rows out; a replaced file is deleted only FLORSQL_GC_GRACE seconds (120) after it
+left the manifest, long after any reader that saw it has read it (a reader that still misses
+one reads the newer manifest and goes on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flor.housekeeping import atomic_file, write_atomic
+
+from ..errors import CatalogLockedError
+
+FORMAT = "florsql-catalog/1"
+MANIFEST = "manifest.json"
+LOCK_FILE = "ingest.lock"
+# Rows that grow with every record or step: published as append-only segments.
+SEGMENTED = ("_logs", "_contexts", "_iterations")
+# Small tables: published whole at each change.
+STATE_TABLES = ("runs", "checkpoints", "replays", "_sources", "_ingested", "_name_stats",
+                "_loop_stats")
+GRACE_ENV = "FLORSQL_GC_GRACE"  # seconds a retired file is kept (default 120)
+COMPACT_ENV = "FLORSQL_COMPACT_AT"  # segments of one table before the small ones are merged
+SMALL_SEGMENT_ROWS = 2_000_000
+_LOCK_TIMEOUT_ENV = "FLOR_CATALOG_TIMEOUT"
+# Fault injection for the crash tests: the process kills itself (SIGKILL) at the named point.
+CRASH_ENV = "FLORSQL_CRASH_AT"
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    file: str
+    rows: int
+
+
+@dataclass
+class Manifest:
+    version: int = 0
+    state: str | None = None  # directory of the small tables
+    state_hash: str | None = None
+    segments: dict[str, list[Segment]] = field(default_factory=lambda: {t: [] for t in SEGMENTED})
+    tombstones: list[tuple[str, int]] = field(default_factory=list)  # (tstamp, upto segment id)
+    garbage: list[tuple[str, float]] = field(default_factory=list)  # (file or dir, when retired)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT, "version": self.version, "state": self.state,
+            "state_hash": self.state_hash,
+            "segments": {t: [[s.id, s.file, s.rows] for s in segs]
+                         for t, segs in self.segments.items()},
+            "tombstones": [list(t) for t in self.tombstones],
+            "garbage": [list(g) for g in self.garbage]}, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} manifest")
+        segments = {t: [Segment(int(i), _name(f), int(n)) for i, f, n in doc["segments"].get(t, [])]
+                    for t in SEGMENTED}
+        return cls(int(doc["version"]), doc["state"] and _name(doc["state"]), doc["state_hash"],
+                   segments, [(str(t), int(u)) for t, u in doc["tombstones"]],
+                   [(_name(f), float(w)) for f, w in doc["garbage"]])
+
+    def dead_in(self, segment_id: int) -> list[str]:
+        """The tstamps whose rows in segment `segment_id` are tombstoned."""
+        return sorted({t for t, upto in self.tombstones if upto >= segment_id})
+
+
+def _name(text: object) -> str:
+    """A file name the manifest may name: plain, inside the catalog directory."""
+    if not isinstance(text, str) or not text or "/" in text or text.startswith("."):
+        raise ValueError(f"bad file name {text!r:.40} in the manifest")
+    return text
+
+
+class Store:
+    """The catalog directory of one flor home."""
+
+    def __init__(self, home: Path, directory: str) -> None:
+        self.dir = home / directory
+        self.manifest_path = self.dir / MANIFEST
+
+    def stamp(self) -> tuple | None:
+        """Changes whenever the manifest is replaced (a rename gives a new inode)."""
+        try:
+            st = os.stat(self.manifest_path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def read_manifest(self) -> Manifest:
+        """The published manifest; an empty one before the first publish. An unreadable
+        manifest (damaged by hand: it is only ever replaced whole) counts as empty, so the
+        next ingest republishes everything from the record files."""
+        try:
+            return Manifest.from_json(self.manifest_path.read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return Manifest()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            import warnings
+
+            from ..errors import IngestWarning
+
+            warnings.warn(f"catalog manifest {self.manifest_path} is unreadable ({exc}); "
+                          "rebuilding the catalog from the record files", IngestWarning,
+                          stacklevel=3)
+            return Manifest()
+
+    def read_table(self, name: str) -> pa.Table:
+        """A segment or state file (raises FileNotFoundError once it was collected)."""
+        return pq.read_table(self.dir / name)
+
+    @contextlib.contextmanager
+    def ingest_lock(self) -> Iterator[bool]:
+        """Hold the ingest lock (True), or nothing when the home cannot be written (False:
+        then no process can publish, and this one ingests for itself alone)."""
+        try:
+            self.dir.mkdir(exist_ok=True)
+            handle = open(self.dir / LOCK_FILE, "a+b")
+        except OSError:
+            yield False
+            return
+        try:
+            _flock_waiting(handle, self.dir / LOCK_FILE)
+            yield True
+        finally:
+            handle.close()  # releases the lock
+
+    # --- publishing (under the ingest lock) -------------------------------------------------
+
+    def publish(self, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> Manifest | None:
+        """Publish what the mirror `con` holds beyond `manifest`; the new manifest, or None
+        when nothing changed. Raises OSError when the directory cannot be written."""
+        version = manifest.version + 1
+        new = Manifest(version, manifest.state, manifest.state_hash,
+                       {t: list(s) for t, s in manifest.segments.items()},
+                       list(manifest.tombstones), list(manifest.garbage))
+        dropped = [t for (t,) in con.execute(
+            "SELECT DISTINCT strftime(tstamp, '%Y-%m-%dT%H:%M:%S.%f') FROM _dropped").fetchall()]
+        new.tombstones += [(t, manifest.version) for t in dropped]
+        changed = bool(dropped)
+        for table in SEGMENTED:
+            changed |= self._write_segment(con, table, version, new)
+        _crash_point("segments-written")
+        changed |= self._write_state(con, version, new)
+        if not changed:
+            return None
+        _crash_point("state-written")
+        self._collect(new)
+        self._commit(new)
+        _crash_point("published")
+        con.execute("DELETE FROM _dropped")
+        # the new records are visible now; merging small segments is the ingest's after-work
+        merged = Manifest(new.version + 1, new.state, new.state_hash,
+                          {t: list(s) for t, s in new.segments.items()},
+                          list(new.tombstones), list(new.garbage))
+        if self._compact(con, merged):
+            self._commit(merged)
+            return merged
+        return new
+
+    def _write_segment(self, con, table: str, version: int, new: Manifest) -> bool:
+        rows = con.sql(f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg IS NULL").to_arrow_table()
+        if not rows.num_rows:
+            return False
+        name = f"seg-{version:08d}-{_token()}-{table.lstrip('_')}.parquet"
+        self._write_parquet(name, rows)
+        con.execute(f"UPDATE {table} SET _seg = ? WHERE _seg IS NULL", [version])
+        new.segments[table].append(Segment(version, name, rows.num_rows))
+        return True
+
+    def _write_state(self, con, version: int, new: Manifest) -> bool:
+        tables = {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").to_arrow_table()
+                  for t in STATE_TABLES}
+        digest = _digest(tables)
+        if digest == new.state_hash:
+            return False
+        name = f"state-{version:08d}-{_token()}"
+        folder = self.dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for table, rows in tables.items():
+            self._write_parquet(f"{name}/{table}.parquet", rows)
+        _fsync_dir(folder)
+        if new.state:
+            new.garbage.append((new.state, time.time()))
+        new.state, new.state_hash = name, digest
+        return True
+
+    def _write_parquet(self, name: str, rows: pa.Table) -> None:
+        with atomic_file(self.dir / name) as fh:
+            pq.write_table(rows, fh, compression="zstd")
+
+    def _compact(self, con, new: Manifest) -> bool:
+        """Merge the small segments of a table once there are many (rows read from the mirror,
+        which holds them already, without the tombstoned ones); whether any were merged."""
+        merged_any = False
+        for table in SEGMENTED:
+            small = [s for s in new.segments[table] if s.rows < SMALL_SEGMENT_ROWS]
+            if len(new.segments[table]) < _setting(COMPACT_ENV, 16) or len(small) < 2:
+                continue
+            ids = [s.id for s in small]
+            rows = con.sql(f"SELECT * EXCLUDE (_seg) FROM {table} WHERE list_contains($ids, _seg)"
+                           " ORDER BY _seg", params={"ids": ids}).to_arrow_table()
+            merged_id = max(ids)  # keeps its place among tombstones: nothing newer is merged
+            name = f"seg-{new.version:08d}-{_token()}-{table.lstrip('_')}-c{merged_id}.parquet"
+            self._write_parquet(name, rows)
+            _crash_point("compacted")
+            con.execute(f"UPDATE {table} SET _seg = ? WHERE list_contains(?, _seg)",
+                        [merged_id, ids])
+            now = time.time()
+            new.garbage += [(s.file, now) for s in small]
+            kept = [s for s in new.segments[table] if s.id not in ids]
+            new.segments[table] = sorted([*kept, Segment(merged_id, name, rows.num_rows)],
+                                         key=lambda s: s.id)
+            merged_any = True
+        oldest = min((s.id for segs in new.segments.values() for s in segs), default=None)
+        new.tombstones = [(t, u) for t, u in new.tombstones if oldest is not None and u >= oldest]
+        return merged_any
+
+    def _collect(self, new: Manifest) -> None:
+        """Delete retired files after the grace period, and litter of killed publishers."""
+        now = time.time()
+        grace = _setting(GRACE_ENV, 120)
+        due = [(f, t) for f, t in new.garbage if now - t >= grace]
+        for name, _ in due:
+            _remove(self.dir / name)
+        new.garbage = [g for g in new.garbage if g not in due]
+        named = {s.file for segs in new.segments.values() for s in segs}
+        named |= {f for f, _ in new.garbage} | {new.state, MANIFEST, LOCK_FILE}
+        for entry in os.scandir(self.dir):
+            if entry.name in named:
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= grace:
+                    _remove(Path(entry.path))
+
+    def _commit(self, new: Manifest) -> None:
+        _fsync_dir(self.dir)
+        write_atomic(self.manifest_path, new.to_json())
+        _fsync_dir(self.dir)
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file the manifest names (for the benchmark's disk ratio)."""
+        manifest = self.read_manifest()
+        files = [s.file for segs in manifest.segments.values() for s in segs]
+        total = sum((self.dir / f).stat().st_size for f in files)
+        if manifest.state:
+            total += sum(p.stat().st_size for p in (self.dir / manifest.state).iterdir())
+        return total + len(manifest.to_json())
+
+
+def _digest(tables: dict[str, pa.Table]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, rows in tables.items():
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        h.update(name.encode() + b"\0" + sink.getvalue())
+    return h.hexdigest()
+
+
+def _flock_waiting(handle, path: Path) -> None:
+    timeout = float(os.environ.get(_LOCK_TIMEOUT_ENV, "60"))
+    start, delay = time.monotonic(), 0.005
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise CatalogLockedError(str(path), waited) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _token() -> str:
+    """Part of every file name: a manifest rebuilt from scratch restarts its versions, and
+    must never write over a file an older manifest (held by a slow reader) still names."""
+    return secrets.token_hex(4)
+
+
+def _setting(env: str, default: float) -> float:
+    try:
+        return float(os.environ.get(env, default))
+    except ValueError:
+        return default
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
