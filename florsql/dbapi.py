@@ -175,7 +175,7 @@ class Cursor:
         session = self.connection.session
         kinds = check_read_only(session.con, sql)
         answer = self._answer(sql, parameters)
-        self._result = session.con.cursor()
+        self._result = session.cursor()
         try:
             if answer.rewrite.needs_full_view:  # sqlglot could not rewrite it: a temp view does
                 self._result.execute(
@@ -243,7 +243,7 @@ class Cursor:
         table = pa.table([pa.array([r[i] for r in rows], type=t) for i, t in enumerate(types)],
                          names=PLAN_COLUMNS)
         self.replay_plan = plan
-        self._result = session.con.cursor()
+        self._result = session.cursor()
         self._result.register("florsql_replay_plan", table)
         self._result.execute("SELECT * FROM florsql_replay_plan")
         self.description = describe(self._result.description, "SELECT")

@@ -212,7 +212,7 @@ def test_duckdb_itself_refuses_files_extensions_settings_and_catalog_writes(
             if name in ("attach-memory", "temp-table", "explain-temp", "commit-then-write",
                         "checkpoint"):
                 continue  # not files, extensions or settings: the kind check's own cases
-            cursor = session.con.cursor()
+            cursor = session.cursor()
             cursor.execute("BEGIN TRANSACTION READ ONLY")
             with pytest.raises(duckdb.Error) as info:
                 cursor.execute(_sql(world, template))

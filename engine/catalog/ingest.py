@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,11 @@ class _Source:
     signature: str | None
 
 
-def ingest_project(con: duckdb.DuckDBPyConnection, project: Project) -> IngestReport:
-    """Bring the catalog up to date with the record files of `project`."""
+def ingest_project(con: duckdb.DuckDBPyConnection, project: Project,
+                   between_runs: Callable[[int], None] | None = None) -> IngestReport:
+    """Bring the catalog up to date with the record files of `project`; `between_runs(n)`
+    is told of the `n` records each run added, outside any transaction (the mirror may
+    compress them then)."""
     known = _load_sources(con)
     by_run: dict[str, dict[str, _Source]] = {}
     for path, source in known.items():
@@ -71,7 +75,10 @@ def ingest_project(con: duckdb.DuckDBPyConnection, project: Project) -> IngestRe
     for run_dir in on_disk:
         mine = by_run.get(relative(run_dir, ingest.home), {})
         if not _settled(ingest.home, run_dir, mine):
+            before = ingest.report.records
             _sync_run_safely(ingest, run_dir, mine)
+            if between_runs is not None:
+                between_runs(ingest.report.records - before)
     if ingest.report.sources:  # what derived facts are keyed on (CatalogSession.derived)
         con.execute("INSERT OR REPLACE INTO _meta SELECT 'data_version', CAST(coalesce(max("
                     "CAST(value AS BIGINT)), 0) + 1 AS VARCHAR) FROM _meta "

@@ -35,6 +35,10 @@ from .schema import SCHEMA
 from .store import SEGMENTED, STATE_TABLES, Manifest, Store
 
 _SYNC_ATTEMPTS = 8
+CATALOG_DB = "catalog"  # the attached in-memory database holding the tables
+# Rows kept uncompressed before a checkpoint compresses them (~200 bytes a row until then, ~10
+# after): compressing costs ~1.5 us a row, so small ingests skip it and large ones stay bounded.
+COMPRESS_EVERY = 2 << 20
 _BATCH_ROWS = 1 << 20  # rows read from a segment at a time: bounds a reader's peak memory
 
 
@@ -55,6 +59,8 @@ class Mirror:
         self.con, self.store, self._spill = con, store, spill
         self.loaded = _Loaded()
         self._warned = False
+        self._fresh = False  # loading into an empty mirror (see _load)
+        self._uncompressed = 0  # rows added since the last checkpoint
 
     @property
     def manifest(self) -> Manifest:
@@ -103,9 +109,13 @@ class Mirror:
 
     def _load(self, manifest: Manifest, new_files: dict, incoming: dict,
               state: dict | None) -> None:
-        """Apply the difference in one transaction: a query sees all of it or none."""
+        """Apply the difference in one transaction: a query sees all of it or none. An empty
+        mirror (a new connection: no query can see it yet) loads without one, compressing as
+        it goes, so loading 10M records never holds them all uncompressed."""
         con, loaded = self.con, self.loaded
-        con.execute("BEGIN")
+        self._fresh = not any(loaded.files.values()) and loaded.manifest.state is None
+        if not self._fresh:
+            con.execute("BEGIN")
         try:
             for table in SEGMENTED:
                 gone = sorted({i for i, _ in loaded.files[table] - new_files[table]})
@@ -122,13 +132,21 @@ class Mirror:
                     insert_arrow(con, rows, f"INSERT INTO {table} SELECT * FROM {{}}", [])
             _bump(con)
         except BaseException:
-            con.execute("ROLLBACK")
+            if self._fresh:
+                self._reset()
+            else:
+                con.execute("ROLLBACK")
             raise
-        con.execute("COMMIT")
+        if not self._fresh:
+            con.execute("COMMIT")
 
     def _insert_segment(self, table: str, seg_id: int, handle, dead: list[str]) -> None:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=_BATCH_ROWS):
             insert_arrow(self.con, batch, f"INSERT INTO {table} SELECT *, ? FROM {{}}", [seg_id])
+            if self._fresh:  # no transaction open: compress as it goes
+                self.added(batch.num_rows)
+            else:
+                self._uncompressed += batch.num_rows
         if dead:  # tombstoned since it was written
             self.con.execute(f"DELETE FROM {table} WHERE _seg = ? AND list_contains("
                              "CAST(? AS TIMESTAMP[]), tstamp)", [seg_id, dead])
@@ -138,6 +156,38 @@ class Mirror:
             self.con.execute(f"DELETE FROM {table}")
         self.con.execute("DELETE FROM _dropped")
         self.loaded = _Loaded()
+
+    @property
+    def pending_segment(self) -> int:
+        """The segment id the next publish gives the rows ingested now."""
+        return self.manifest.version + 1
+
+    def begin_ingest(self) -> int:
+        """Rows inserted from now on carry the pending segment id (a column default, so the
+        publish needs no UPDATE of millions of rows); that id."""
+        pending = self.pending_segment
+        for table in SEGMENTED:
+            self.con.execute(f"ALTER TABLE {table} ALTER COLUMN _seg SET DEFAULT {pending}")
+        return pending
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to this mirror, reading the catalog's tables by their names."""
+        cur = self.con.cursor()
+        cur.execute(f"USE {CATALOG_DB}")
+        return cur
+
+    def added(self, rows: int) -> None:
+        """`rows` were inserted (by an ingest): compress once enough wait uncompressed."""
+        self._uncompressed += rows
+        if self._uncompressed >= COMPRESS_EVERY:
+            self.compress()
+
+    def compress(self) -> None:
+        """Compress the rows added since the last call (DuckDB compresses an in-memory
+        database at a checkpoint); skipped while a statement elsewhere holds a transaction."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.execute(f"CHECKPOINT {CATALOG_DB}")
+            self._uncompressed = 0
 
     def publish(self, can_publish: bool) -> None:
         """Publish what an ingest added to the mirror (under the ingest lock)."""
@@ -174,6 +224,9 @@ def open_mirror(home: Path, limit: str | None = None) -> Mirror:
     spill = Path(tempfile.mkdtemp(prefix="florsql-spill-"))  # DuckDB's own, never the user's
     con = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
     try:
+        # a compressed in-memory database: once checkpointed, 10M records take ~100 MB, not GBs
+        con.execute(f"ATTACH ':memory:' AS {CATALOG_DB} (COMPRESS)")
+        con.execute(f"USE {CATALOG_DB}")
         con.execute(SCHEMA)
         lock_down(con, limit)
     except BaseException:

@@ -22,10 +22,10 @@ import duckdb
 IDENTITY_COLUMNS = ("projid", "runid", "tstamp", "vid", "filename")
 RENAME_SUFFIX = "_value"
 
-# Per run, so an ingest recomputes only the runs it changed (its new rows are not published
-# yet: `_seg IS NULL`; `_dropped` lists the runs it removed or rebuilt).
+# Per run, so an ingest recomputes only the runs it changed (its new rows carry the segment
+# id the next publish gives them, `pending`; `_dropped` lists the runs it removed or rebuilt).
 _CHANGED_RUNS = """
-SELECT DISTINCT tstamp FROM _logs WHERE _seg IS NULL
+SELECT DISTINCT tstamp FROM _logs WHERE _seg = {pending}
 UNION SELECT tstamp FROM _dropped
 """
 _NAME_STATS = """
@@ -118,9 +118,11 @@ class HistorySchema:
         return cols
 
 
-def refresh_names(con: duckdb.DuckDBPyConnection) -> bool:
-    """Recompute the name statistics of the runs an ingest changed; whether there were any."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed AS {_CHANGED_RUNS}")
+def refresh_names(con: duckdb.DuckDBPyConnection, pending: int) -> bool:
+    """Recompute the name statistics of the runs an ingest changed (their new rows carry the
+    segment id `pending`); whether there were any."""
+    changed = _CHANGED_RUNS.format(pending=int(pending))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed AS {changed}")
     try:
         if not con.execute("SELECT count(*) FROM _changed").fetchone()[0]:
             return False

@@ -1,9 +1,10 @@
 """The catalog's schema: the tables every process's in-memory mirror (mirror.py) holds.
 
 Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published segment their
-rows came from (NULL until published); the user sees them through the views `logs`,
-`contexts` and `iterations`, without it. `_dropped` lists runs an ingest here removed, which
-the next publish turns into tombstones (store.py).
+rows came from (rows ingested here carry the id their publish will have: mirror.begin_ingest);
+the user sees them through the views `logs`, `contexts` and `iterations`, without it.
+`_dropped` lists runs an ingest here removed, which the next publish turns into tombstones
+(store.py).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ STATE_TABLES = ("runs", "checkpoints", "replays", "_sources", "_ingested", "_nam
 GRACE_ENV = "FLORSQL_GC_GRACE"  # seconds a retired file is kept (default 120)
 COMPACT_ENV = "FLORSQL_COMPACT_AT"  # segments of one table before the small ones are merged
 SMALL_SEGMENT_ROWS = 2_000_000
+_WRITE_BATCH_ROWS = 1 << 20
 _LOCK_TIMEOUT_ENV = "FLOR_CATALOG_TIMEOUT"
 # Fault injection for the crash tests: the process kills itself (SIGKILL) at the named point.
 CRASH_ENV = "FLORSQL_CRASH_AT"
@@ -194,13 +195,13 @@ class Store:
         return new
 
     def _write_segment(self, con, table: str, version: int, new: Manifest) -> bool:
-        rows = con.sql(f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg IS NULL").to_arrow_table()
-        if not rows.num_rows:
+        # the ingest gave its rows `_seg = version` (mirror.begin_ingest): no UPDATE here
+        pending = f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg = {int(version)}"
+        if not con.execute(f"SELECT count(*) FROM ({pending})").fetchall()[0][0]:
             return False
         name = f"seg-{version:08d}-{_token()}-{table.lstrip('_')}.parquet"
-        self._write_parquet(name, rows)
-        con.execute(f"UPDATE {table} SET _seg = ? WHERE _seg IS NULL", [version])
-        new.segments[table].append(Segment(version, name, rows.num_rows))
+        rows = self._stream_parquet(name, con.sql(pending))
+        new.segments[table].append(Segment(version, name, rows))
         return True
 
     def _write_state(self, con, version: int, new: Manifest) -> bool:
@@ -220,6 +221,32 @@ class Store:
         new.state, new.state_hash = name, digest
         return True
 
+    def _stream_parquet(self, name: str, relation: duckdb.DuckDBPyRelation) -> int:
+        """Write the rows of `relation` a batch at a time (memory stays bounded however many
+        there are); how many there were."""
+        rows = 0
+        with atomic_file(self.dir / name) as fh:
+            reader = relation.to_arrow_reader(_WRITE_BATCH_ROWS)
+            writer = pq.ParquetWriter(fh, reader.schema, compression="zstd")
+            # DuckDB's small batches, gathered into row groups of ~1M rows (small ones
+            # compress badly)
+            group: list[pa.RecordBatch] = []
+            grouped = 0
+            try:
+                for batch in reader:
+                    group.append(batch)
+                    rows += batch.num_rows
+                    grouped += batch.num_rows
+                    if grouped >= _WRITE_BATCH_ROWS:
+                        writer.write_table(pa.Table.from_batches(group))
+                        group, grouped = [], 0
+            finally:
+                reader.close()  # the connection is busy until its result is closed
+            if group:
+                writer.write_table(pa.Table.from_batches(group))
+            writer.close()
+        return rows
+
     def _write_parquet(self, name: str, rows: pa.Table) -> None:
         with atomic_file(self.dir / name) as fh:
             pq.write_table(rows, fh, compression="zstd")
@@ -233,18 +260,18 @@ class Store:
             if len(new.segments[table]) < _setting(COMPACT_ENV, 16) or len(small) < 2:
                 continue
             ids = [s.id for s in small]
-            rows = con.sql(f"SELECT * EXCLUDE (_seg) FROM {table} WHERE list_contains($ids, _seg)"
-                           " ORDER BY _seg", params={"ids": ids}).to_arrow_table()
             merged_id = max(ids)  # keeps its place among tombstones: nothing newer is merged
             name = f"seg-{new.version:08d}-{_token()}-{table.lstrip('_')}-c{merged_id}.parquet"
-            self._write_parquet(name, rows)
+            rows = self._stream_parquet(name, con.sql(
+                f"SELECT * EXCLUDE (_seg) FROM {table} WHERE list_contains($ids, _seg) "
+                "ORDER BY _seg", params={"ids": ids}))
             _crash_point("compacted")
             con.execute(f"UPDATE {table} SET _seg = ? WHERE list_contains(?, _seg)",
                         [merged_id, ids])
             now = time.time()
             new.garbage += [(s.file, now) for s in small]
             kept = [s for s in new.segments[table] if s.id not in ids]
-            new.segments[table] = sorted([*kept, Segment(merged_id, name, rows.num_rows)],
+            new.segments[table] = sorted([*kept, Segment(merged_id, name, rows)],
                                          key=lambda s: s.id)
             merged_any = True
         oldest = min((s.id for segs in new.segments.values() for s in segs), default=None)

@@ -85,8 +85,9 @@ class CatalogSession:
             if ingest_needed(self.con, self.project):
                 with self.mirror.store.ingest_lock() as can_publish:
                     self.mirror.sync()  # what others published while this one waited
-                    report = ingest_project(self.con, self.project)
-                    refresh_names(self.con)
+                    pending = self.mirror.begin_ingest()
+                    report = ingest_project(self.con, self.project, self.mirror.added)
+                    refresh_names(self.con, pending)
                     self.mirror.publish(can_publish)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
@@ -181,6 +182,10 @@ class CatalogSession:
     def full_history_sql(self) -> str:
         """`history` with every column, for the temp-view fallback and `DESCRIBE history`."""
         return build_history_sql(self.history_schema, None)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new DuckDB connection to this session's catalog (one per DB-API statement)."""
+        return self.mirror.cursor()
 
     def close(self) -> None:
         self.mirror.close()
