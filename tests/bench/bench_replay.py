@@ -218,7 +218,7 @@ def fresh_copy(history: Path, dest: Path, today: str) -> Path:
     """A copy of the recorded history (git and .flor, no catalog: it is rebuilt, with this
     copy's paths) with today's uncommitted script."""
     shutil.copytree(history, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns("catalog.duckdb*"))
+                    ignore=shutil.ignore_patterns("catalog.duckdb*", "catalog"))
     (dest / SCRIPT).write_text(today)
     return dest
 
