@@ -282,3 +282,21 @@ def test_kill_9_at_random_moments_of_a_large_ingest_keeps_the_catalog_whole(
             assert conn.execute(COUNTS).fetchone()[0] == 100_000
             assert conn.execute(DUPLICATES).fetchone()[0] == 0
         shutil.rmtree(repo / ".flor" / "catalog")  # the next kill meets an ingest again
+
+
+def test_a_damaged_segment_is_left_out_and_the_catalog_rebuilt_from_the_records(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    run_script(repo, "train.py")
+    assert _one(repo, COUNTS) == LOSSES_PER_RUN
+    before = _manifest(repo)
+    damaged = before["segments"]["_logs"][0][1]
+    (repo / ".flor" / "catalog" / damaged).write_bytes(b"PAR1 not really parquet PAR1")
+    with pytest.warns(IngestWarning, match="catalog in .* is unreadable .*rebuilding"):
+        with florsql.connect(repo) as conn:
+            assert conn.execute(COUNTS).fetchone()[0] == LOSSES_PER_RUN
+            assert conn.execute(DUPLICATES).fetchone()[0] == 0
+    after = _manifest(repo)
+    assert after["version"] > before["version"]
+    assert damaged not in json.dumps(after["segments"])
+    assert _one(repo, COUNTS) == LOSSES_PER_RUN  # and a new connection reads the new one

@@ -21,7 +21,8 @@ from flor.part_encode import (
     encode_part,
     encode_records,
 )
-from florsql.engine.catalog.parts import PartError, RowBatch, read_part, rows_of_part
+from florsql.engine.catalog.parts import PartError, read_part
+from florsql.engine.catalog.rows import RowBatch, rows_of_part
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "000001.part") -> Path:

@@ -26,8 +26,9 @@ from flor import protocol
 
 from ..errors import IngestWarning, ProjectUnreadableError
 from ..project import Project
-from .parts import PartError, RowBatch, read_part, rows_of_part
+from .parts import PartError, read_part
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
+from .rows import RowBatch, rows_of_part
 from .sources import Scan, load_file_states, relative, scan_source, signature
 from .status import derive_status
 from .validate import RecordFileError, clean_text, one_line
@@ -180,7 +181,7 @@ _BATCH_RECORDS = 1_000_000
 def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
                   report: IngestReport) -> bool:
     """Add the rows of the source's new parts; whether there were any. Context ids are a
-    function of the context's path (parts.py), so no part needs the catalog's contexts."""
+    function of the context's path (parts.py, rows.py), so no part needs the catalog's contexts."""
     source = "replay" if scan.replay else "forward"
     batch = RowBatch(tstamp=tstamp, source=source)
     ok, new = [], scan.new_parts()

@@ -29,12 +29,15 @@ import pyarrow.parquet as pq
 from flor import protocol
 
 from ..errors import IngestWarning
-from .parts import insert_arrow
+from .rows import insert_arrow
 from .sandbox import lock_down
 from .schema import SCHEMA
 from .store import SEGMENTED, STATE_TABLES, Manifest, Store
 
 _SYNC_ATTEMPTS = 8
+# what reading a damaged segment or state file raises (pyarrow's errors are ValueErrors or
+# OSErrors; DuckDB's when a file's column types do not fit the table)
+_UNREADABLE = (ValueError, OSError, duckdb.Error)
 CATALOG_DB = "catalog"  # the attached in-memory database holding the tables
 # Rows kept uncompressed before a checkpoint compresses them (~200 bytes a row until then, ~10
 # after): compressing costs ~1.5 us a row, so small ingests skip it and large ones stay bounded.
@@ -81,6 +84,9 @@ class Mirror:
                 changed = self._apply(manifest)
             except FileNotFoundError:
                 continue  # collected after a newer manifest replaced it: read that one
+            except _UNREADABLE as exc:  # a damaged file: the record files still say it all
+                self._disown(manifest, exc)
+                changed = True
             self.loaded.stamp = stamp
             return changed
         raise OSError(f"the catalog in {self.store.dir} changed under every read; "
@@ -90,8 +96,10 @@ class Mirror:
         loaded = self.loaded
         if loaded.broken or (loaded.local and manifest.version != loaded.manifest.version):
             self._reset()
-        if manifest.version == loaded.manifest.version and manifest.state == loaded.manifest.state:
-            return False
+            loaded = self.loaded
+        if manifest.version == loaded.manifest.version and (
+                manifest.state == loaded.manifest.state or loaded.manifest.state is None):
+            return False  # loaded, or disowned (see _disown)
         new_files = {t: {(s.id, s.file) for s in manifest.segments[t]} for t in SEGMENTED}
         state = None
         if manifest.state != loaded.manifest.state and manifest.state:
@@ -150,6 +158,16 @@ class Mirror:
         if dead:  # tombstoned since it was written
             self.con.execute(f"DELETE FROM {table} WHERE _seg = ? AND list_contains("
                              "CAST(? AS TIMESTAMP[]), tstamp)", [seg_id, dead])
+
+    def _disown(self, manifest: Manifest, exc: Exception) -> None:
+        """Leave out a published catalog with an unreadable file: this mirror starts empty at
+        its version, so the next ingest reads every run from its record files and publishes
+        a whole new catalog (the damaged files are collected as unreferenced)."""
+        self._reset()
+        self.loaded.manifest = Manifest(version=manifest.version)
+        warnings.warn(f"a file of the catalog in {self.store.dir} is unreadable "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rebuilding "
+                      "the catalog from the record files", IngestWarning, stacklevel=4)
 
     def _reset(self) -> None:
         for table in (*SEGMENTED, *STATE_TABLES):

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from flor import protocol
 
-from .parts import insert_arrow
+from .rows import insert_arrow
 from .sources import FileState, Listed, Scan, load_file_states, relative
 from .validate import RecordFileError, checkpoint_entry, clean_text, load_json
 

@@ -6,7 +6,7 @@ context (args, epoch-level metrics) are repeated on every inner row below it. Wi
 context the last value wins, and a forward value wins over a replayed one.
 
 Every row of `_logs` and `_contexts` carries its enclosing contexts at depths 1..3 (`loop_k`,
-`iter_k`, `ctx_k`, see parts.py), so up to depth 3 `history` is one filtered scan (grouped
+`iter_k`, `ctx_k`, see rows.py), so up to depth 3 `history` is one filtered scan (grouped
 where a context holds several records of a name) at the grain, which carries the loop dims
 and the ids of the outer contexts; outer values join on those ids. Deeper grains walk
 `_contexts` by `parent_id`.
@@ -20,7 +20,7 @@ from typing import NamedTuple
 from sqlglot import exp
 
 from ..catalog.names import IDENTITY_COLUMNS, HistorySchema, NameInfo
-from ..catalog.parts import ANCESTOR_LEVELS
+from ..catalog.rows import ANCESTOR_LEVELS
 
 # Forward records outrank replay records; then the later record wins.
 _ORDER_KEY = "CASE WHEN source = 'forward' THEN ord + 4611686018427387904 ELSE ord END"
