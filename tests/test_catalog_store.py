@@ -300,3 +300,24 @@ def test_a_damaged_segment_is_left_out_and_the_catalog_rebuilt_from_the_records(
     assert after["version"] > before["version"]
     assert damaged not in json.dumps(after["segments"])
     assert _one(repo, COUNTS) == LOSSES_PER_RUN  # and a new connection reads the new one
+
+
+def test_an_ingest_stopped_part_way_never_doubles_what_another_process_publishes(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    for name in "ab":
+        run_script(repo, "train.py", "--flor", name)
+    conn = florsql.connect(repo)
+    try:
+        def ctrl_c_after_the_first_run(rows: int) -> None:
+            raise KeyboardInterrupt
+
+        conn.session.mirror.added = ctrl_c_after_the_first_run  # run a committed, b not yet
+        with pytest.raises(KeyboardInterrupt):
+            conn.execute(COUNTS)
+        del conn.session.mirror.added
+        assert _query(repo, COUNTS).stdout.splitlines()[1] == str(2 * LOSSES_PER_RUN)
+        assert conn.execute(COUNTS).fetchone()[0] == 2 * LOSSES_PER_RUN
+        assert conn.execute(DUPLICATES).fetchone()[0] == 0
+    finally:
+        conn.close()

@@ -188,6 +188,11 @@ class Mirror:
             self.con.execute(f"ALTER TABLE {table} ALTER COLUMN _seg SET DEFAULT {pending}")
         return pending
 
+    def abandon(self) -> None:
+        """An ingest stopped part-way (an error, Ctrl-C): rows it committed are in no segment,
+        and a later sync could load another process's copy of them. Reload in full."""
+        self.loaded.broken = True
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to this mirror, reading the catalog's tables by their names."""
         cur = self.con.cursor()

@@ -86,8 +86,12 @@ class CatalogSession:
                 with self.mirror.store.ingest_lock() as can_publish:
                     self.mirror.sync()  # what others published while this one waited
                     pending = self.mirror.begin_ingest()
-                    report = ingest_project(self.con, self.project, self.mirror.added)
-                    refresh_names(self.con, pending)
+                    try:
+                        report = ingest_project(self.con, self.project, self.mirror.added)
+                        refresh_names(self.con, pending)
+                    except BaseException:
+                        self.mirror.abandon()
+                        raise
                     self.mirror.publish(can_publish)
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
