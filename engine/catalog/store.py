@@ -31,6 +31,7 @@ import secrets
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import pyarrow.parquet as pq
 
 from flor.housekeeping import atomic_file, write_atomic
 
-from ..errors import CatalogLockedError
+from ..errors import CatalogLockedError, IngestWarning
 
 FORMAT = "florsql-catalog/1"
 MANIFEST = "manifest.json"
@@ -96,6 +97,12 @@ class Manifest:
                    segments, [(str(t), int(u)) for t, u in doc["tombstones"]],
                    [(_name(f), float(w)) for f, w in doc["garbage"]])
 
+    def successor(self) -> Manifest:
+        """A copy to publish as the next version (lists copied, so edits stay in it)."""
+        return Manifest(self.version + 1, self.state, self.state_hash,
+                        {t: list(s) for t, s in self.segments.items()},
+                        list(self.tombstones), list(self.garbage))
+
     def dead_in(self, segment_id: int) -> list[str]:
         """The tstamps whose rows in segment `segment_id` are tombstoned."""
         return sorted({t for t, upto in self.tombstones if upto >= segment_id})
@@ -132,10 +139,6 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):
             return Manifest()
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            import warnings
-
-            from ..errors import IngestWarning
-
             warnings.warn(f"catalog manifest {self.manifest_path} is unreadable ({exc}); "
                           "rebuilding the catalog from the record files", IngestWarning,
                           stacklevel=3)
@@ -166,10 +169,8 @@ class Store:
     def publish(self, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> Manifest | None:
         """Publish what the mirror `con` holds beyond `manifest`; the new manifest, or None
         when nothing changed. Raises OSError when the directory cannot be written."""
-        version = manifest.version + 1
-        new = Manifest(version, manifest.state, manifest.state_hash,
-                       {t: list(s) for t, s in manifest.segments.items()},
-                       list(manifest.tombstones), list(manifest.garbage))
+        new = manifest.successor()
+        version = new.version
         dropped = [t for (t,) in con.execute(
             "SELECT DISTINCT strftime(tstamp, '%Y-%m-%dT%H:%M:%S.%f') FROM _dropped").fetchall()]
         new.tombstones += [(t, manifest.version) for t in dropped]
@@ -186,9 +187,7 @@ class Store:
         _crash_point("published")
         con.execute("DELETE FROM _dropped")
         # the new records are visible now; merging small segments is the ingest's after-work
-        merged = Manifest(new.version + 1, new.state, new.state_hash,
-                          {t: list(s) for t, s in new.segments.items()},
-                          list(new.tombstones), list(new.garbage))
+        merged = new.successor()
         if self._compact(con, merged):
             self._commit(merged)
             return merged

@@ -102,9 +102,7 @@ def _scan_joins(per_depth: dict[int, list[NameInfo]], depth: int, dim_exprs: lis
         for k in reversed(outer):
             joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k, alias, tables)}) AS v{k} "
                          f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = v{depth}._c{k}")
-    if per_depth[0]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0, alias, tables)}) AS v0 "
-                     "ON v0.tstamp = r.tstamp")
+    joins += _run_level_join(per_depth, alias, tables)
     return " ".join(joins)
 
 
@@ -133,10 +131,17 @@ def _parent_joins(per_depth: dict[int, list[NameInfo]], depth: int,
         if per_depth[k]:
             joins.append(f"LEFT JOIN ({_pivot(per_depth[k], k, alias, tables)}) AS v{k} "
                          f"ON v{k}.tstamp = r.tstamp AND v{k}.ctx_id = c{k}.ctx_id")
-    if per_depth[0]:
-        joins.append(f"LEFT JOIN ({_pivot(per_depth[0], 0, alias, tables)}) AS v0 "
-                     "ON v0.tstamp = r.tstamp")
+    joins += _run_level_join(per_depth, alias, tables)
     return " ".join(joins)
+
+
+def _run_level_join(per_depth: dict[int, list[NameInfo]], alias: dict[int, str],
+                    tables: _Tables) -> list[str]:
+    """Values logged outside every loop (args, run-level metrics): one row per run."""
+    if not per_depth[0]:
+        return []
+    return [f"LEFT JOIN ({_pivot(per_depth[0], 0, alias, tables)}) AS v0 "
+            "ON v0.tstamp = r.tstamp"]
 
 
 def _pivot(infos: list[NameInfo], depth: int, alias: dict[int, str], tables: _Tables,
