@@ -320,7 +320,7 @@ def _digest(tables: dict[str, pa.Table]) -> str:
 
 
 def _flock_waiting(handle, path: Path) -> None:
-    timeout = float(os.environ.get(_LOCK_TIMEOUT_ENV, "60"))
+    timeout = _setting(_LOCK_TIMEOUT_ENV, 60)  # a value that is no number: the default
     start, delay = time.monotonic(), 0.005
     while True:
         try:
