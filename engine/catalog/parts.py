@@ -192,14 +192,3 @@ def with_iteration(base: np.ndarray, iterations: np.ndarray) -> np.ndarray:
     ids = ((base + iterations.astype(np.int64).view(np.uint64)) & _ID_MASK).view(np.int64)
     ids[ids == 0] = 1 << 53
     return ids
-
-
-def context_id_of_path(steps: list[tuple[str, int]]) -> int:
-    """The id `context_ids` gives the context at path `steps` [(loop_name, iteration), ...]."""
-    ctx = np.zeros(1, np.int64)
-    for loop, iteration in steps:
-        ctx = context_ids(ctx, np.array([loop_hash(loop)], np.uint64),
-                          np.array([iteration], np.int64))
-    return int(ctx[0])
-
-

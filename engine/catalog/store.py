@@ -299,15 +299,6 @@ class Store:
         write_atomic(self.manifest_path, new.to_json())
         _fsync_dir(self.dir)
 
-    def disk_bytes(self) -> int:
-        """Bytes of every file the manifest names (for the benchmark's disk ratio)."""
-        manifest = self.read_manifest()
-        files = [s.file for segs in manifest.segments.values() for s in segs]
-        total = sum((self.dir / f).stat().st_size for f in files)
-        if manifest.state:
-            total += sum(p.stat().st_size for p in (self.dir / manifest.state).iterdir())
-        return total + len(manifest.to_json())
-
 
 def _digest(tables: dict[str, pa.Table]) -> str:
     h = hashlib.blake2b(digest_size=16)
