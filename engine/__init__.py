@@ -2,7 +2,7 @@
 
 Stages, each a subpackage, import only the ones before them (tests/test_engine_layers.py):
 
-    errors, project -> catalog -> code -> query -> replay
+    errors, project -> catalog -> code -> query -> replay -> jobs
 
 The surfaces (florsql's shell, CLI and DB-API, `flor.dataframe`, `flor.replay`) import what
 they need from here. docs/architecture.md shows both data paths with the file for each step.
@@ -23,6 +23,7 @@ from .errors import (
     ReplayWarning,
     UnknownColumnError,
 )
+from .jobs.choose import EXECUTORS, choose_executor
 from .project import Project, locate_project
 from .query.rewrite import Rewrite, closest
 from .query.session import CatalogSession
@@ -54,6 +55,7 @@ from .replay.service import QueryAnswer, ReplayService
 from .replay.worker import perform_task
 
 __all__ = [
+    "EXECUTORS",
     "MEMORY_ENV",
     "MODES",
     "USER_TABLES",
@@ -85,6 +87,7 @@ __all__ = [
     "WarmPoolExecutor",
     "budget_message",
     "check_mode",
+    "choose_executor",
     "closest",
     "declined_warnings",
     "default_executor",

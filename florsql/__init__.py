@@ -46,7 +46,8 @@ paramstyle = "qmark"
 
 def connect(path: str = ".", *, replay: str = "auto", max_replay_seconds: float | None = None,
             workers: int | None = None, confirm: Any = None, progress: Any = None,
-            memory_limit: str | None = None, task_timeout: float | None = None) -> Connection:
+            memory_limit: str | None = None, task_timeout: float | None = None,
+            executor: str | None = None) -> Connection:
     """Open the catalog of the project at `path` (any directory inside its git repo).
 
     `replay` says what a query that names values some runs lack does: "auto" replays those
@@ -56,11 +57,13 @@ def connect(path: str = ".", *, replay: str = "auto", max_replay_seconds: float 
     is called as each replay task ends. `memory_limit` caps the query engine's memory
     ("8GB", "500MB", "75%" of RAM; default $FLORSQL_MEMORY_LIMIT, else "50%").
     `task_timeout` stops a replay task running longer (seconds; 0: no limit; default
-    $FLOR_REPLAY_TASK_TIMEOUT, else max(120 s, 10 x its estimate)).
+    $FLOR_REPLAY_TASK_TIMEOUT, else max(120 s, 10 x its estimate)). `executor` says where
+    replay tasks run: "local" (this machine, the default), "process", "queue" (the project's
+    running `florsql serve`) or "ray"; default $FLOR_EXECUTOR.
     """
     return Connection(path, replay=replay, max_replay_seconds=max_replay_seconds,
                       workers=workers, confirm=confirm, progress=progress,
-                      memory_limit=memory_limit, task_timeout=task_timeout)
+                      memory_limit=memory_limit, task_timeout=task_timeout, executor=executor)
 
 
 __all__ = [

@@ -5,6 +5,8 @@
     florsql run NAME [PROJECT] [--param k=v ...]               run a saved query
     florsql queries [PROJECT]                                  list saved queries
     florsql replay NAME[,NAME] [PROJECT] [--where SQL] ...     recover values for past runs
+    florsql serve [PROJECT] [--workers N] [--gpus 0,1] ...     run queued jobs (flor.batch)
+    florsql jobs [--watch] | jobs log ID | jobs cancel ID      the queue's progress
 
 A command is recognised only as the first word, like git's: `florsql queries` lists saved
 queries even where a `./queries` directory exists, and `florsql ./queries` (or
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from . import __version__
 from .cli_query import add_project, add_query_arguments, project_of, query_main
 from .cli_saved import add_run_arguments, list_main, run_main
+from .jobs_cli import add_jobs_arguments, add_serve_arguments, jobs_main, serve_main
 from .replay_cli import add_replay_arguments, replay_main, sigterm_as_interrupt
 
 DEFAULT_COMMAND = "query"
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "given as a word or as --project DIR. A COMMAND is recognised only as the first word: "
         "`florsql queries` lists saved queries even where ./queries exists; `florsql ./queries` "
         "or `florsql --project queries` opens that directory. Tables: history, runs, logs, "
-        "names, contexts, loops, checkpoints, iterations, replays (see docs/catalog.md).")
+        "names, contexts, loops, checkpoints, iterations, replays, jobs, job_attempts (see "
+        "docs/catalog.md).")
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     query = commands.add_parser(
@@ -61,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recover values logged by today's code for past runs, by replaying them.")
     add_replay_arguments(replay)
     replay.set_defaults(handler=replay_main)
+    serve = commands.add_parser(
+        "serve", prog="florsql serve", help="run the project's queued jobs (flor.batch) and "
+        "replay tasks", description="Run queued batch jobs (flor.batch) and replay tasks "
+        "(FLOR_EXECUTOR=queue) until stopped: Ctrl-C lets running jobs finish, a second "
+        "Ctrl-C (or SIGTERM) stops them and queues them again.")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=serve_main)
+    jobs = commands.add_parser(
+        "jobs", prog="florsql jobs", help="the job queue: progress, a job's log, cancel",
+        description="List the project's jobs with their progress; `log ID` shows a job's "
+        "output, `cancel ID|--batch NAME` cancels. SQL sees them as the jobs table.")
+    add_jobs_arguments(jobs)
+    jobs.set_defaults(handler=jobs_main)
     return parser
 
 
@@ -77,7 +94,7 @@ def version_line() -> str:
 
 def with_default_command(argv: list[str]) -> list[str]:
     """`argv` with `query` in front unless its first word is a command or --help/--version."""
-    commands = ("query", "run", "queries", "replay")
+    commands = ("query", "run", "queries", "replay", "serve", "jobs")
     if argv and (argv[0] in commands or argv[0] in TOP_LEVEL_ONLY):
         return argv
     return [DEFAULT_COMMAND, *argv]

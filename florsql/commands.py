@@ -241,6 +241,23 @@ def _explain(shell: Shell, args: list[str]) -> None:
     shell.run_sql("EXPLAIN REPLAY " + args[0])
 
 
+@command(".jobs", "[BATCH]", "the job queue (flor.batch, florsql serve): each job's status, "
+         "then a progress line", (0, 1))
+def _jobs(shell: Shell, args: list[str]) -> None:
+    from .engine.jobs.status import job_listing, progress_line
+    from .engine.jobs.store import QUEUE_FILE, JobQueue
+
+    home = shell.conn.project.home
+    if not (home / QUEUE_FILE).exists():
+        shell.message("no jobs: queue some with flor.batch(flor.cross_prod(...)) from Python")
+        return
+    queue = JobQueue(home / QUEUE_FILE)
+    columns, rows = job_listing(queue, args[0] if args else None)
+    if rows:
+        shell.show(columns, rows)
+    shell.message(progress_line(queue, args[0] if args else None))
+
+
 def user_tables(session: Any) -> dict[str, dict[str, str]]:
     """`history` and the catalog's user tables (not DuckDB's own views) -> column -> type."""
     tables = {t: cols for t, cols in session.tables.items() if t in USER_TABLES}

@@ -29,8 +29,10 @@ from .engine import (
     UnknownColumnError,
     budget_message,
     check_mode,
+    choose_executor,
     run_interruptible,
 )
+from .engine.jobs.status import QueueTables
 from .retroactive import EXPLAIN_REPLAY, PLAN_COLUMNS, plan_rows, surface_hints
 from .translate import check_read_only, describe, translate, unknown_name
 
@@ -41,7 +43,9 @@ class Connection:
     A query that names values today's scripts log but some runs lack is answered after
     replaying those runs (`replay="auto"`), after `confirm(plan)` says yes (`"ask"`), or with
     NULLs and a warning (`"off"`). `max_replay_seconds` caps the estimated replay time.
-    `surface` ("python", "cli" or "shell") says whose words its messages use.
+    `surface` ("python", "cli" or "shell") says whose words its messages use. `executor`
+    says where replay tasks run: "local" (default), "process", "queue" (a running `florsql
+    serve`) or "ray"; default $FLOR_EXECUTOR.
 
     Statements run in a DuckDB that can read no file, load no extension and use at most
     `memory_limit` (e.g. "8GB" or "50%"; default $FLORSQL_MEMORY_LIMIT, else half the RAM).
@@ -50,7 +54,8 @@ class Connection:
     def __init__(self, path: str = ".", *, replay: str = "auto",
                  max_replay_seconds: float | None = None, workers: int | None = None,
                  confirm: Any = None, progress: Any = None, surface: str = "python",
-                 memory_limit: str | None = None, task_timeout: float | None = None) -> None:
+                 memory_limit: str | None = None, task_timeout: float | None = None,
+                 executor: str | None = None) -> None:
         self.replay_policy = ReplayPolicy(replay, max_replay_seconds, workers, confirm, progress,
                                           surface_hints(surface), task_timeout)
         self._cursors: weakref.WeakSet[Cursor] = weakref.WeakSet()
@@ -64,7 +69,13 @@ class Connection:
         self._con = self.session.con
         # Plans, runs and ingests every replay of this connection, under the project's lock;
         # its warm workers live as long as the connection.
-        self.replay_service = ReplayService(self.session)
+        try:
+            chosen = choose_executor(executor, self.project.home)
+        except EngineError as e:
+            self.session.close()
+            raise exc.OperationalError(str(e)) from None
+        self.replay_service = ReplayService(self.session, chosen)
+        self.session.add_side_tables(QueueTables(self.project.home))
         self.messages: list[tuple[type, str]] = []
         self._closed = False
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from .api import MTK, arg, checkpointing, checkpoints, commit, log, loop
+from .batch import batch, cross_prod
 from .errors import (
     FlorArgError,
     FlorCheckpointError,
@@ -36,8 +37,10 @@ __all__ = [
     "FlorStorageError",
     "FlorWarning",
     "arg",
+    "batch",
     "checkpointing",
     "checkpoints",
+    "cross_prod",
     "commit",
     "dataframe",
     "full_pivot",

@@ -121,3 +121,41 @@ class ReplaySpec:
                 parent=None if doc.get("parent") is None else int(doc["parent"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise ReplaySpecError(f"{REPLAY_ENV} is not a valid replay spec ({exc})") from None
+
+
+JOB_ENV = "FLOR_JOB"  # a batch job's spec, as JSON, in the environment of the run it starts
+JOB_REPORT_FILE = "run.json"  # in the attempt's log folder: the run's tstamp and pid once known
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A batch job's run: it executes a temporary tree holding version `vid`, yet is recorded
+    as a run of the project at `project_root` (its projid, its flor home), with `vid` as its
+    code version (no new snapshot: the tree is that snapshot). `report` gets the run's tstamp
+    and pid as soon as the run starts; `parent` is the worker it must not outlive."""
+
+    project_root: Path
+    vid: str
+    job_id: int
+    attempt: int
+    report: Path
+    parent: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"protocol": PROTOCOL_VERSION, "project_root": str(self.project_root),
+                           "vid": self.vid, "job_id": self.job_id, "attempt": self.attempt,
+                           "report": str(self.report), "parent": self.parent})
+
+    @classmethod
+    def from_json(cls, raw: str) -> JobSpec:
+        try:
+            doc = json.loads(raw)
+            if doc.get("protocol") != PROTOCOL_VERSION:
+                raise ValueError(f"protocol {doc.get('protocol')}, this flor speaks "
+                                 f"{PROTOCOL_VERSION}")
+            return cls(project_root=Path(doc["project_root"]), vid=str(doc["vid"]),
+                       job_id=int(doc["job_id"]), attempt=int(doc["attempt"]),
+                       report=Path(doc["report"]),
+                       parent=None if doc.get("parent") is None else int(doc["parent"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ReplaySpecError(f"{JOB_ENV} is not a valid job spec ({exc})") from None

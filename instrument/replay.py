@@ -30,7 +30,7 @@ import sys
 from . import protocol
 from .protocol import ReplaySpec, ReplaySpecError
 
-__all__ = ["ReplaySpec", "replay_spec_from_env"]
+__all__ = ["ReplaySpec", "job_spec_from_env", "replay_spec_from_env", "report_job_start"]
 
 
 def replay_spec_from_env() -> ReplaySpec | None:
@@ -44,6 +44,34 @@ def replay_spec_from_env() -> ReplaySpec | None:
         os._exit(protocol.EXIT_BAD_TASK)
     _die_with(spec.parent)
     return spec
+
+
+def job_spec_from_env() -> protocol.JobSpec | None:
+    """The batch job this process runs (FLOR_JOB, set by `florsql serve`), bound to its worker
+    like a replay task is; an unreadable spec ends it before the script runs anything."""
+    raw = os.environ.get(protocol.JOB_ENV)
+    if not raw:
+        return None
+    try:
+        spec = protocol.JobSpec.from_json(raw)
+    except ReplaySpecError as exc:
+        print(f"flor: {exc}", file=sys.stderr, flush=True)
+        os._exit(protocol.EXIT_BAD_TASK)
+    _die_with(spec.parent)
+    return spec
+
+
+def report_job_start(spec: protocol.JobSpec, identity: dict, run_dir: object) -> None:
+    """Tell the worker which run this job became (the `jobs` table shows its tstamp)."""
+    import json
+
+    from .housekeeping import write_atomic
+
+    doc = {"tstamp": identity["tstamp"], "pid": identity["pid"], "run_dir": str(run_dir)}
+    try:
+        write_atomic(spec.report, json.dumps(doc).encode())
+    except OSError:  # the worker then learns the tstamp from the run's own folder
+        pass
 
 
 def _die_with(parent: int | None) -> None:

@@ -31,7 +31,7 @@ from .errors import FlorStorageError, FlorWarning, warn_background
 from .housekeeping import clean_in_background, write_atomic
 from .part_writer import FLUSH_SECONDS
 from .recorder import Recorder
-from .replay import ReplaySpec, replay_spec_from_env
+from .replay import ReplaySpec, job_spec_from_env, replay_spec_from_env, report_job_start
 from .snapshot import exclude_from_git, find_repo_root, snapshot_worktree
 
 RUN_FORMAT = protocol.RUN_FORMAT
@@ -50,8 +50,11 @@ class Session:
         script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
         start_dir = script.parent if script and script.is_file() else Path.cwd()
         self.repo_root = find_repo_root(start_dir)
-        self.home = flor_home(self.repo_root)
         self.filename = _relative_script(script, self.repo_root)
+        self.job = None if self.replay else job_spec_from_env()
+        if self.job is not None:  # a batch job: a run of the project, not of its temp tree
+            self.repo_root = self.job.project_root
+        self.home = flor_home(self.repo_root)
         self.args: dict[str, object] = {}
         self.memo_pending: tuple[str, int] | None = None  # memoized replay: skip next inner loop
         self.status: str | None = None
@@ -73,9 +76,15 @@ class Session:
         runs = writable_runs_dir(self.home, self.repo_root)
         clean_in_background(self.home, FLUSH_SECONDS)  # crashed runs' litter, after the start
         exclude_from_git(self.repo_root, "/.flor/")
-        self.vid = snapshot_worktree(self.repo_root, _script_in_repo(self.filename))
+        if self.job is not None:  # the tree it runs is the snapshot taken at queue time
+            self.vid = self.job.vid
+        else:
+            self.vid = snapshot_worktree(self.repo_root, _script_in_repo(self.filename))
         run_dir = self._make_run_dir(runs)
-        self._write_identity(run_dir / protocol.RUN_IDENT_FILE, self._identity())
+        identity = self._identity()
+        self._write_identity(run_dir / protocol.RUN_IDENT_FILE, identity)
+        if self.job is not None:
+            report_job_start(self.job, identity, run_dir)
         return run_dir
 
     def check_unread_kwargs(self) -> None:
@@ -113,6 +122,7 @@ class Session:
             "hostname": socket.gethostname(),
             "python": sys.executable,
             "start_time": _now().isoformat(),
+            **({"job": {"id": self.job.job_id, "attempt": self.job.attempt}} if self.job else {}),
         }
 
     def _make_run_dir(self, runs: Path) -> Path:

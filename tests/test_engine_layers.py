@@ -1,4 +1,4 @@
-"""The engine's imports run one way: base -> catalog -> code -> query -> replay.
+"""The engine's imports run one way: base -> catalog -> code -> query -> replay -> jobs.
 
 An AST scan of every module under engine/ (deferred imports inside functions included, as they
 are cycles held apart by hand) resolves each import to an engine module and checks that no
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 # Each stage may import itself and the stages before it, never one after it.
-STAGES = ("errors", "project", "catalog", "code", "query", "replay")
+STAGES = ("errors", "project", "catalog", "code", "query", "replay", "jobs")
 
 
 def _module_name(path: Path) -> str:

@@ -4,7 +4,7 @@ Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published s
 rows came from (rows ingested here carry the id their publish will have: mirror.begin_ingest);
 the user sees them through the views `logs`, `contexts` and `iterations`, without it.
 `_dropped` lists runs an ingest here removed, which the next publish turns into tombstones
-(store.py).
+(store.py). `jobs` and `job_attempts` mirror the job queue (SIDE_TABLES).
 """
 
 from __future__ import annotations
@@ -87,6 +87,16 @@ UNION ALL
 SELECT tstamp, ctx_id, 2, loop_3, iter_3 FROM _contexts WHERE depth >= 3
 UNION ALL
 SELECT tstamp, ctx_id, anc_depth - 1, loop_name, iteration FROM deep;
+CREATE TABLE IF NOT EXISTS jobs (
+    id BIGINT, kind VARCHAR, batch VARCHAR, script VARCHAR, args VARCHAR, vid VARCHAR,
+    status VARCHAR, done INTEGER, attempts INTEGER, worker VARCHAR, host VARCHAR, pid BIGINT,
+    queued TIMESTAMPTZ, started TIMESTAMPTZ, ended TIMESTAMPTZ, exit_code INTEGER,
+    tstamp TIMESTAMP, error VARCHAR, path VARCHAR
+);
+CREATE TABLE IF NOT EXISTS job_attempts (
+    job_id BIGINT, attempt INTEGER, status VARCHAR, worker VARCHAR, host VARCHAR, pid BIGINT,
+    started TIMESTAMPTZ, ended TIMESTAMPTZ, exit_code INTEGER, tstamp TIMESTAMP, error VARCHAR
+);
 CREATE OR REPLACE VIEW names AS
 SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        max(depth) AS depth, sum(records) AS records, max(runs) AS runs,
@@ -95,4 +105,7 @@ FROM _name_depths GROUP BY value_name;
 """
 
 USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
-               "names")
+               "names", "jobs", "job_attempts")
+# Filled from the job queue (engine/jobs/status.py) through CatalogSession.add_side_tables: the
+# queue's rows change state every second, so they are read from it, never published here.
+SIDE_TABLES = ("jobs", "job_attempts")

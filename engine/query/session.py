@@ -13,22 +13,33 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import duckdb
+import pyarrow as pa
 
 from flor import protocol
 
 from ..catalog.ingest import IngestReport, ingest_needed, ingest_project
 from ..catalog.mirror import Mirror, open_mirror
 from ..catalog.names import HistorySchema, load_history_schema, refresh_names
-from ..catalog.schema import SCHEMA_VERSION
+from ..catalog.schema import SCHEMA_VERSION, SIDE_TABLES
 from ..code.script_names import script_names, scripts_stamp
 from ..project import Project, locate_project
 from .history import build_history_sql
 from .rewrite import Rewrite, rewrite_query
 
 T = TypeVar("T")
+
+
+class SideTables(Protocol):
+    """Tables filled from outside the catalog (the job queue)."""
+
+    def stamp(self) -> object:
+        """Changes whenever the tables may have."""
+
+    def tables(self) -> dict[str, list[dict]]:
+        """Table name -> its rows, each a dict by column name."""
 _HIDDEN_PREFIX = "_"
 _PREPARED_CACHE = 128  # rewritten queries kept per session
 _RACY_NS = 2_000_000_000  # a directory changed this recently may change again unseen
@@ -65,6 +76,35 @@ class CatalogSession:
         self._data_version: tuple | None = None
         self._derived_state: tuple | None = None
         self._prepared: OrderedDict[tuple, Rewrite] = OrderedDict()
+        self._side: list[tuple[SideTables, list]] = []  # [provider, [its last stamp]]
+
+    def add_side_tables(self, provider: SideTables) -> None:
+        """Keep some of SIDE_TABLES filled from `provider` (the job queue), reloaded at each
+        refresh() whose stamp changed."""
+        self._side.append((provider, [None]))
+
+    def _sync_side_tables(self) -> None:
+        for provider, last in self._side:
+            stamp = provider.stamp()
+            if stamp == last[0]:
+                continue
+            tables = provider.tables()
+            with self._lock:
+                self.con.execute("BEGIN")
+                try:
+                    for name, rows in tables.items():
+                        assert name in SIDE_TABLES, name
+                        self.con.execute(f"DELETE FROM {name}")
+                        if rows:
+                            self.con.register("_side_rows", pa.Table.from_pylist(rows))
+                            self.con.execute(f"INSERT INTO {name} BY NAME "
+                                             "SELECT * FROM _side_rows")
+                            self.con.unregister("_side_rows")
+                    self.con.execute("COMMIT")
+                except BaseException:
+                    self.con.execute("ROLLBACK")
+                    raise
+            last[0] = stamp
 
     def refresh(self) -> IngestReport:
         """Load what other processes published, then ingest new record parts and publish them.
@@ -76,6 +116,7 @@ class CatalogSession:
         every run directory is skipped (a change within the last seconds is never trusted, as
         mtimes are coarse).
         """
+        self._sync_side_tables()
         stamp = self._files_stamp()
         if stamp is not None and stamp == self._quiet_stamp and self.mirror.current():
             return IngestReport()
