@@ -41,6 +41,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop a task that runs longer than S seconds and report it as "
                         "failed (0: no limit; default: FLOR_REPLAY_TASK_TIMEOUT, else "
                         "max(120 s, 10 x the task's estimate))")
+    parser.add_argument("--executor", choices=("local", "process", "queue", "ray"),
+                        help="where tasks run: this machine (local, the default), a new "
+                        "interpreter per task (process), the project's running `florsql serve` "
+                        "(queue), or Ray (ray); default $FLOR_EXECUTOR")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
 
 
@@ -101,7 +105,7 @@ def _replay(args: argparse.Namespace, iterations: set[int] | None) -> int:
         print(describe_plan(plan, task_summary(plan)), flush=True)
         return replay_progress(estimate=plan.estimated_seconds) if plan.tasks else None
 
-    with Connection(args.project) as conn:
+    with Connection(args.project, executor=args.executor) as conn:
         service = conn.replay_service
         service.on_wait = lambda: print(
             "florsql: another replay of this project is running; waiting for it to finish "

@@ -65,8 +65,8 @@ def plan_rows(plan: ReplayPlan) -> list[PlanRow]:
 
 
 def task_summary(plan: ReplayPlan) -> str:
-    return (f"{len(plan.tasks)} task(s) on {plan.workers} worker(s) ({plan.executor}), "
-            f"estimated {plan.estimated_seconds:.1f} s")
+    return (f"{len(plan.tasks)} task(s) on {plan.workers} worker(s) ({plan.executor}, "
+            f"{plan.slots} slot(s)), estimated {plan.estimated_seconds:.1f} s")
 
 
 def plan_summary(plan: ReplayPlan) -> str:

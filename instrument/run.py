@@ -75,10 +75,10 @@ class Session:
         flor_args.check_kwargs_syntax(self.flor_argv)  # before anything is written
         runs = writable_runs_dir(self.home, self.repo_root)
         clean_in_background(self.home, FLUSH_SECONDS)  # crashed runs' litter, after the start
-        exclude_from_git(self.repo_root, "/.flor/")
-        if self.job is not None:  # the tree it runs is the snapshot taken at queue time
-            self.vid = self.job.vid
+        if self.job is not None:  # the tree it runs is the snapshot taken at queue time (its
+            self.vid = self.job.vid  # project may not even be on this node: a Ray cluster)
         else:
+            exclude_from_git(self.repo_root, "/.flor/")
             self.vid = snapshot_worktree(self.repo_root, _script_in_repo(self.filename))
         run_dir = self._make_run_dir(runs)
         identity = self._identity()

@@ -31,9 +31,9 @@ def test_every_file_the_architecture_names_exists() -> None:
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
 
 
-def test_every_replay_and_query_module_has_its_step() -> None:
+def test_every_query_replay_and_jobs_module_has_its_step() -> None:
     named = _named_files()
-    for stage in ("query", "replay"):
+    for stage in ("query", "replay", "jobs"):
         for path in (ROOT / "engine" / stage).glob("*.py"):
             rel = f"engine/{stage}/{path.name}"
             assert path.name == "__init__.py" or rel in named, f"{rel} has no step in the doc"

@@ -256,6 +256,31 @@ def test_jobs_command_and_python_m_flor_serve_show_and_run_the_queue(repo: Path)
     listing = subprocess.run([sys.executable, "-m", "florsql", "jobs", "--watch"], cwd=repo,
                              capture_output=True, text=True, timeout=30)
     assert "hidden=5" in listing.stdout and "1 job(s): 1 finished" in listing.stdout
+    shell = shell_output(repo, ".jobs\n.jobs OTHER\n.quit\n")
+    assert re.search(r"^status +\| finished$", shell, re.M)  # narrow: one block per row
+    assert re.search(r"^args +\| hidden=5$", shell, re.M)
+    assert "1 job(s): 1 finished" in shell and "0 job(s): none" in shell
+
+
+def test_the_shell_says_how_to_queue_jobs_when_there_are_none(repo: Path) -> None:
+    subprocess.run([sys.executable, "train.py"], cwd=repo, check=True, capture_output=True)
+    assert "no jobs: queue some with flor.batch" in shell_output(repo, ".jobs\n.quit\n")
+
+
+def shell_output(repo: Path, keys: str) -> str:
+    """What a real shell prints for `keys` typed into it."""
+    import io
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from florsql.shell import run_shell
+
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        run_shell(str(repo), input=pipe, output=DummyOutput(), stdout=out, history_file=None)
+    return out.getvalue()
 
 
 def test_replay_tasks_are_claimed_before_queued_batch_jobs(repo: Path) -> None:

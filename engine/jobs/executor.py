@@ -48,6 +48,9 @@ class QueueExecutor(Executor):
     def slots(self) -> int:
         return sum(s.slots for s in self.queue.live_servers())
 
+    def parallelism(self, workers: int) -> int:
+        return max(1, min(workers, self.slots))
+
     def startup(self, setup_seconds: float, modules: Sequence[str]) -> Startup:
         return Startup(CLAIM_SECONDS + IMPORT_SECONDS + setup_seconds + WORKTREE_SECONDS)
 

@@ -16,7 +16,8 @@ The rules, which docs and README state for users:
   linked (the records go through FLOR_HOME, and the tree has its own `.git`);
 - the arguments are `--flor BATCH --kwargs k=v ...`; stdout and stderr go to the attempt's
   folder (`<home>/jobs/<id>/<attempt>/`), keeping the last LOG_CAP bytes of each;
-- CUDA_VISIBLE_DEVICES is the worker's GPU, or empty for a CPU worker.
+- CUDA_VISIBLE_DEVICES is the worker's GPU, or empty for a CPU worker (on Ray: the GPU Ray
+  gave the task).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def run_job_in_tree(tree: Path, run: JobRun, gpu: str | None) -> Outcome:
     executor kills the whole worker."""
     logs = Path(run.attempt.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
+    if (run.project_root / ".git").exists():  # a node that sees the project: its data too
+        link_ignored(run.project_root, tree, run.home)
     done = run_process(_launch(run, tree, logs, gpu, os.getpid()), threading.Event())
     return outcome_of(done, StopReason(), logs)
 
@@ -105,8 +108,9 @@ def _launch(run: JobRun, tree: Path, logs: Path, gpu: str | None, parent: int | 
     spec = protocol.JobSpec(project_root=run.project_root, vid=run.job.vid, job_id=run.job.id,
                             attempt=run.attempt.n, report=logs / protocol.JOB_REPORT_FILE,
                             parent=parent)
-    env = {**os.environ, protocol.JOB_ENV: spec.to_json(), protocol.HOME_ENV: str(run.home),
-           "CUDA_VISIBLE_DEVICES": gpu or ""}
+    env = {**os.environ, protocol.JOB_ENV: spec.to_json(), protocol.HOME_ENV: str(run.home)}
+    if gpu is not None:  # "" hides every GPU from a CPU worker; None keeps Ray's choice
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     env.pop(protocol.REPLAY_ENV, None)
     limit = run.job.time_limit if run.job.time_limit and run.job.time_limit > 0 else None
     return Launch([run.job.script, *run.job.argv()], tree, env, logs, 1, limit)

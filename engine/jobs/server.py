@@ -172,7 +172,8 @@ class JobServer:
             return self._replay(slot, entry)
         if self.options.executor == "ray":
             return self.ray.run_job(run, slot.gpu, entry.cancel, entry.stop)
-        return perform_job(run, entry.cancel, entry.stop, gpu=slot.gpu, parent=os.getpid(),
+        gpu = slot.gpu if slot.gpu is not None else ""
+        return perform_job(run, entry.cancel, entry.stop, gpu=gpu, parent=os.getpid(),
                            linked_root=self.options.project_root)
 
     def _replay(self, slot: Slot, entry: Running) -> Outcome:

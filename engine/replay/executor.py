@@ -63,6 +63,11 @@ class Executor(ABC):
         """How many tasks it runs at once at most."""
         return os.cpu_count() or 1
 
+    def parallelism(self, workers: int) -> int:
+        """How many of `workers` tasks run at once, for the estimate: all of them here (the
+        local executors start as many as asked); a queue or a cluster is bound by its slots."""
+        return workers
+
     @abstractmethod
     def startup(self, setup_seconds: float, modules: Sequence[str]) -> Startup:
         """What a segment pays outside its loop here, given the run's set-up time and the

@@ -118,6 +118,7 @@ class ReplayPlan:
     runs: tuple[RunPlan, ...]
     workers: int
     executor: str  # which executor's costs the estimate assumes
+    slots: int = 0  # how many tasks that executor runs at once (servers' workers, cluster CPUs)
     estimated_seconds: float = 0.0
     startup: Startup = field(default_factory=lambda: Startup(0.0))
     modules: tuple[str, ...] = ()  # what warm workers import ahead

@@ -104,9 +104,10 @@ def plan_runs(session: CatalogSession, requests: Sequence[RunRequest], workers: 
     all_names = names or sorted({n for q in requests for n in q.names})
     seconds = [s.seconds for r in runs if r.refusal is None for s in r.segments]
     return ReplayPlan(names=tuple(all_names), runs=tuple(runs), workers=workers,
-                      executor=executor.name, startup=startup, modules=tuple(modules),
-                      estimated_seconds=plan_seconds(seconds, workers, startup),
-                      skipped=tuple(skipped))
+                      executor=executor.name, slots=executor.slots, startup=startup,
+                      modules=tuple(modules), skipped=tuple(skipped),
+                      estimated_seconds=plan_seconds(seconds, executor.parallelism(workers),
+                                                     startup))
 
 
 class _Patched(NamedTuple):

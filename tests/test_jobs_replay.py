@@ -1,0 +1,87 @@
+"""The queue as a replay executor: a replay handed to a running `florsql serve` stores the same
+records as one run by the local pool, and says in its plan where it runs and on how many slots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import florsql
+from conftest import make_repo, run_script
+
+SCRIPT = """import flor
+lr = flor.arg("lr", 0.1)
+total = 0.0
+for epoch in flor.loop("epoch", range(3)):
+    total += lr * (epoch + 1) / 3
+    flor.log("total", total)
+"""
+TODAY = SCRIPT.replace('    flor.log("total", total)\n',
+                       '    flor.log("total", total)\n    flor.log("double", total * 2)\n')
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    for lr in ("0.1", "0.3"):
+        run_script(repo, "train.py", "--kwargs", f"lr={lr}")
+    (repo / "train.py").write_text(TODAY)
+    return repo
+
+
+def replayed(repo: Path) -> set[tuple]:
+    with florsql.connect(repo, replay="off") as conn:
+        return set(conn.execute(
+            "SELECT r.argv[-1], l.ctx_id, l.value_num FROM logs l JOIN runs r USING (tstamp) "
+            "WHERE l.value_name = 'double' AND l.source = 'replay'").fetchall())
+
+
+def florsql_cli(repo: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "florsql", *args], cwd=repo,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_replay_through_the_queue_stores_what_the_local_pool_stores(project: Path,
+                                                                        tmp_path: Path) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin, symlinks=True)
+    local = florsql_cli(twin, "replay", "double", "--executor", "local")
+    assert local.returncode == 0, local.stderr
+    server = subprocess.Popen([sys.executable, "-m", "florsql", "serve", "--workers", "2"],
+                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        queued = florsql_cli(project, "replay", "double", "--executor", "queue")
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=60)
+    assert queued.returncode == 0, queued.stderr + out
+    assert "(queue, 2 slot(s))" in queued.stdout
+    assert out.count("replay of train.py") == 2  # the server ran both tasks
+    values = replayed(project)
+    assert len(values) == 6 and values == replayed(twin)
+    with florsql.connect(project, replay="off") as conn:
+        jobs = conn.execute("SELECT kind, status, count(*) FROM jobs GROUP BY ALL").fetchall()
+    assert jobs == [("replay", "finished", 2)]
+
+
+def test_the_queue_executor_without_a_server_says_how_to_start_one(project: Path) -> None:
+    out = florsql_cli(project, "replay", "double", "--executor", "queue")
+    assert out.returncode == 1
+    assert "no `florsql serve` is running for the project" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_flor_executor_names_an_unknown_executor_in_one_line(project: Path) -> None:
+    env = {**os.environ, "FLOR_EXECUTOR": "slurm"}
+    out = subprocess.run([sys.executable, "-m", "florsql", "-c", "SELECT 1"], cwd=project,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode != 0
+    assert "unknown executor 'slurm'" in out.stderr and "local, process, queue, ray" in out.stderr
