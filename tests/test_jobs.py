@@ -300,3 +300,18 @@ def _alive(pid: int) -> bool:
     from conftest import process_alive
 
     return process_alive(pid)
+
+
+def test_each_gpu_worker_gives_its_job_one_gpu_and_cpu_workers_none(tmp_path: Path) -> None:
+    script = ('import os, time\nimport flor\nk = flor.arg("k", 0)\ntime.sleep(0.5)\n'
+              'flor.log("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))\n')
+    repo = make_repo(tmp_path / "gpus", {"train.py": script})
+    flor.batch(flor.cross_prod(k=list(range(6))), path=str(repo))
+    out = finish(serve(repo, "--gpus", "0,1", "--workers", "1"))
+    assert "3 worker(s) (gpu0, gpu1, w0)" in out
+    with florsql.connect(repo, replay="off") as conn:
+        seen = conn.execute("SELECT j.worker, h.cuda FROM jobs j JOIN history h USING (tstamp)"
+                            ).fetchall()
+    assert len(seen) == 6
+    assert {(w, c) for w, c in seen} <= {("gpu0", "0"), ("gpu1", "1"), ("w0", "")}
+    assert len({w for w, _ in seen}) >= 2  # the workers ran at once

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,43 @@ def test_flor_executor_names_an_unknown_executor_in_one_line(project: Path) -> N
                          capture_output=True, text=True, env=env)
     assert out.returncode != 0
     assert "unknown executor 'slurm'" in out.stderr and "local, process, queue, ray" in out.stderr
+
+
+def test_ctrl_c_on_a_queued_replay_stops_its_tasks_on_the_server(project: Path) -> None:
+    slow = TODAY.replace('flor.log("double", total * 2)',
+                         'flor.log("double", (__import__("time").sleep(60), total * 2)[1])')
+    (project / "train.py").write_text(slow)
+    server = subprocess.Popen([sys.executable, "-m", "florsql", "serve", "--workers", "2"],
+                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    replay = subprocess.Popen([sys.executable, "-m", "florsql", "replay", "double",
+                               "--executor", "queue"], cwd=project, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_running(project, 2)
+        started = time.monotonic()
+        replay.send_signal(signal.SIGINT)
+        _, err = replay.communicate(timeout=60)
+        assert time.monotonic() - started < 30  # not the 60 s nap
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+    assert replay.returncode == 130 and "replay interrupted: 2 task(s) stopped" in err, err
+    with florsql.connect(project, replay="off") as conn:
+        jobs = conn.execute("SELECT status, count(*) FROM jobs GROUP BY ALL").fetchall()
+    assert jobs == [("cancelled", 2)], out
+    assert not list((project / ".flor" / "replays-staging").glob("*/*"))
+
+
+def _wait_running(project: Path, count: int, timeout: float = 60) -> None:
+    from florsql.engine.jobs.store import QUEUE_FILE, JobQueue
+
+    deadline = time.monotonic() + timeout
+    path = project / ".flor" / QUEUE_FILE
+    while time.monotonic() < deadline:
+        if path.exists() and len(JobQueue(path).read(
+                "SELECT id FROM jobs WHERE status = 'running'")) == count:
+            time.sleep(1.0)  # past the tasks' start, into their nap
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{count} replay tasks never ran on the server")
