@@ -41,6 +41,13 @@ def test_an_unknown_column_of_another_table_is_structured_too(project: Path) -> 
     assert "runid" in caught.value.closest and caught.value.position.column == 8
 
 
+def test_a_column_two_joined_tables_share_is_ambiguous_not_unknown(project: Path) -> None:
+    with florsql.connect(project) as conn, pytest.raises(florsql.ProgrammingError) as caught:
+        conn.execute("SELECT projid FROM history JOIN runs USING (tstamp)")
+    assert not isinstance(caught.value, florsql.UnknownNameError)
+    assert "Ambiguous reference" in str(caught.value) and "runs.projid" in str(caught.value)
+
+
 def test_an_unknown_table_names_the_closest_tables(project: Path) -> None:
     with florsql.connect(project) as conn, pytest.raises(florsql.UnknownNameError) as caught:
         conn.execute("SELECT * FROM rnus")

@@ -164,7 +164,11 @@ def qualify_history(statement: exp.Expression, history_cols: dict[str, str],
         unresolved = _UNRESOLVED.search(str(e))
         if unresolved:
             known = [*history_cols, *also_known, *{c for cols in tables.values() for c in cols}]
-            raise UnknownColumnError(unresolved.group(1), known) from None
+            if unresolved.group(1).lower() not in {k.lower() for k in known}:
+                raise UnknownColumnError(unresolved.group(1), known) from None
+            # a known name sqlglot cannot place is in two of the statement's tables (`projid`
+            # of history JOIN runs): DuckDB's own error says so and names both
+            log.debug("ambiguous column %s", unresolved.group(1))
         log.debug("qualify failed, falling back to column names: %s", e)
     except SqlglotError as e:
         log.debug("qualify failed, falling back to column names: %s", e)
