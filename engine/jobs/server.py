@@ -97,6 +97,9 @@ class JobServer:
             raise ValueError("a server needs at least one worker (--workers N or --gpus IDS)")
         self.queue.register(ServerRow(self.id, socket.gethostname(), os.getpid(),
                                       len(self.slots), self.options.executor, time.time()))
+        if self.options.executor == "ray":  # in the main thread, before any worker needs it
+            self._ray = self._ray or _ray_bridge()
+            self._ray.connect()
         requeued = self.queue.reap()
         if requeued:
             self.say(f"requeued job(s) {', '.join(map(str, requeued))}: their server died")
@@ -188,11 +191,9 @@ class JobServer:
         return task_outcome(result, entry.stop)
 
     @property
-    def ray(self):  # noqa: ANN201 - the Ray bridge, imported only when asked for
+    def ray(self):  # noqa: ANN201 - the Ray bridge, made by serve() in the main thread
         if self._ray is None:
-            from .ray_bridge import RayBridge
-
-            self._ray = RayBridge()
+            raise RuntimeError("the Ray executor was not started (serve() starts it)")
         return self._ray
 
     # --- monitor ----------------------------------------------------------------------------
@@ -222,6 +223,12 @@ class JobServer:
             self.queue.started(entry.attempt, pid=report.get("pid"),
                                tstamp=report.get("tstamp"))
             entry.tstamp_known = True
+
+
+def _ray_bridge():  # noqa: ANN202 - imported only when Ray is asked for
+    from .ray_bridge import RayBridge
+
+    return RayBridge()
 
 
 def task_outcome(result: TaskResult, stop: StopReason) -> Outcome:

@@ -30,11 +30,15 @@ from .process import Exit, Launch, task_limit, timeout_message
 
 TRACEBACK_LINES = 8
 Launcher = Callable[[Launch, threading.Event], Exit]
+Materialise = Callable[[Path, str, Path], None]
 
 
 def perform_task(task: ReplayTask, launcher: Launcher, cancel: threading.Event, *,
-                 slot: int = 0, parent: int | None = None, pooled: bool = False) -> TaskResult:
-    """Run `task` with `launcher`; `parent`: the pid a process of its own must die with."""
+                 slot: int = 0, parent: int | None = None, pooled: bool = False,
+                 materialise: Materialise | None = None) -> TaskResult:
+    """Run `task` with `launcher`; `parent`: the pid a process of its own must die with;
+    `materialise(project_root, vid, tree)` writes the version's tree (default: from the
+    project's repository; an executor whose hosts cannot read it brings the code another way)."""
     started = time.monotonic()
     if cancel.is_set():
         return _failed(task, started, "stopped: the replay was interrupted", pooled, INTERRUPTED)
@@ -44,7 +48,7 @@ def perform_task(task: ReplayTask, launcher: Launcher, cancel: threading.Event, 
         claim(Path(tmp))
         tree = Path(tmp) / "tree"
         try:
-            _materialise(Path(task.project_root), task.vid, tree)
+            (materialise or _materialise)(Path(task.project_root), task.vid, tree)
             (tree / task.filename).write_text(task.source)
             done = run.launch(tree, task.memoize)
             memoized = task.memoize and done.rc == 0 and not done.stopped
