@@ -108,7 +108,8 @@ def _launch(run: JobRun, tree: Path, logs: Path, gpu: str | None, parent: int | 
     spec = protocol.JobSpec(project_root=run.project_root, vid=run.job.vid, job_id=run.job.id,
                             attempt=run.attempt.n, report=logs / protocol.JOB_REPORT_FILE,
                             parent=parent)
-    env = {**os.environ, protocol.JOB_ENV: spec.to_json(), protocol.HOME_ENV: str(run.home)}
+    env = {**os.environ, protocol.JOB_ENV: spec.to_json(), protocol.HOME_ENV: str(run.home),
+           protocol.PROJECT_ROOT_ENV: str(run.project_root)}  # as a replay task gets it
     if gpu is not None:  # "" hides every GPU from a CPU worker; None keeps Ray's choice
         env["CUDA_VISIBLE_DEVICES"] = gpu
     env.pop(protocol.REPLAY_ENV, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -139,7 +140,12 @@ class JobServer:
 
     def _work(self, slot: Slot) -> None:
         while self.claiming.is_set():
-            claimed = self.queue.claim(self.id, slot.name)
+            try:
+                claimed = self.queue.claim(self.id, slot.name)
+            except (OSError, sqlite3.Error) as exc:  # a queue locked or unwritable for long
+                self.say(f"warning: {slot.name} could not claim a job ({exc}); retrying")
+                self.stopping.wait(5 * IDLE_POLL)
+                continue
             if claimed is None:
                 if self.options.once:
                     return
@@ -160,10 +166,24 @@ class JobServer:
             with self.guard:
                 self.running.pop(job.id, None)
         self._copy_report(entry)
-        status = self.queue.end(attempt, outcome, self.options.retries)
+        status = self._end(attempt, outcome)
         secs = time.monotonic() - entry.started
         why = f": {outcome.error.splitlines()[0]}" if outcome.error and status != FINISHED else ""
         self.say(f"job {job.id} {outcome.status} after {secs:.1f} s -> {status}{why}")
+
+    def _end(self, attempt: Attempt, outcome: Outcome) -> str:
+        """Record the outcome, retrying a busy queue: a job left `running` under a live server
+        would never be run again."""
+        for wait in (1, 5, 30, None):
+            try:
+                return self.queue.end(attempt, outcome, self.options.retries)
+            except (OSError, sqlite3.Error) as exc:
+                if wait is None:
+                    raise
+                self.say(f"warning: job {attempt.job_id}'s end could not be recorded ({exc}); "
+                         f"retrying in {wait} s")
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _execute(self, slot: Slot, entry: Running) -> Outcome:
         job = entry.job
