@@ -315,3 +315,15 @@ def test_each_gpu_worker_gives_its_job_one_gpu_and_cpu_workers_none(tmp_path: Pa
     assert len(seen) == 6
     assert {(w, c) for w, c in seen} <= {("gpu0", "0"), ("gpu1", "1"), ("w0", "")}
     assert len({w for w, _ in seen}) >= 2  # the workers ran at once
+
+
+def test_jobs_record_into_flor_home_when_it_is_set(repo: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "shared-home"
+    monkeypatch.setenv("FLOR_HOME", str(home))
+    flor.batch([{"hidden": 3}], path=str(repo))
+    finish(serve(repo))
+    assert (home / QUEUE_FILE).exists() and not (repo / ".flor").exists()
+    assert finished_runs(repo) == [(3, 0.1, 3, "finished")]
+    with florsql.connect(repo, replay="off") as conn:
+        assert conn.execute("SELECT run_dir FROM runs").fetchall()[0][0].startswith(str(home))
