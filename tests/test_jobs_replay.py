@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,3 +127,45 @@ def _wait_running(project: Path, count: int, timeout: float = 60) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"{count} replay tasks never ran on the server")
+
+
+def test_a_queued_replay_whose_servers_all_died_fails_instead_of_waiting(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from florsql.engine import CatalogSession, ReplayService
+    from florsql.engine.jobs import executor as queue_executor
+
+    monkeypatch.setattr(queue_executor, "ORPHAN_SECONDS", 3.0)
+    slow = TODAY.replace('flor.log("double", total * 2)',
+                         'flor.log("double", (__import__("time").sleep(60), total * 2)[1])')
+    (project / "train.py").write_text(slow)
+    server = subprocess.Popen([sys.executable, "-m", "florsql", "serve"], cwd=project,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    session = CatalogSession(project)
+    service = ReplayService(session, queue_executor.QueueExecutor(session.project.home))
+    try:
+        _wait_for_server(project)
+        killer = threading.Timer(3.0, server.kill)
+        killer.start()
+        started = time.monotonic()
+        report = service.replay_names(["double"])
+        killer.join()
+    finally:
+        server.kill()
+        server.wait()
+        service.close()
+        session.close()
+    assert time.monotonic() - started < 40  # not the 60 s nap, nor forever
+    assert len(report.results) == 2 and not any(r.ok for r in report.results)
+    assert all("no `florsql serve` is running" in r.error for r in report.results)
+
+
+def _wait_for_server(project: Path, timeout: float = 30) -> None:
+    from florsql.engine.jobs.store import JobQueue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (project / ".flor" / "jobs.sqlite").exists() and JobQueue.open(
+                project / ".flor").live_servers():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the server never registered")

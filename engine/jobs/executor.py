@@ -28,6 +28,7 @@ from .task_json import result_from_json
 POLL_SECONDS = 0.2
 CLAIM_SECONDS = 0.5  # a queued task waits up to a server's idle poll before it starts
 STOP_WAIT = 60.0  # seconds stop() waits for servers to kill the tasks they run
+ORPHAN_SECONDS = 30.0  # with no live server this long, the tasks left fail
 
 
 class NoServerError(EngineError):
@@ -92,12 +93,28 @@ class QueueSubmission(Submission):
         return out
 
     def results(self) -> Iterator[TaskResult]:
+        served = time.monotonic()  # when a live server was last seen
         while len(self.seen) < len(self.tasks):
             for _, result in self._ended():
                 yield result
-            if len(self.seen) < len(self.tasks):
-                if self.cancel.wait(POLL_SECONDS):
-                    raise KeyboardInterrupt
+            if len(self.seen) >= len(self.tasks):
+                break
+            if self.cancel.wait(POLL_SECONDS):
+                raise KeyboardInterrupt
+            if time.monotonic() - served > ORPHAN_SECONDS / 6:
+                if self.queue.live_servers():
+                    served = time.monotonic()
+                elif time.monotonic() - served > ORPHAN_SECONDS:
+                    yield from self._orphaned()
+
+    def _orphaned(self) -> Iterator[TaskResult]:
+        """Every server stopped: the tasks left would wait forever, so they fail, saying so."""
+        left = [i for i in self.tasks if i not in self.seen]
+        self.queue.cancel(left)
+        why = str(NoServerError(self.queue.path.parent))
+        for job_id in left:
+            self.seen[job_id] = TaskResult(self.tasks[job_id], False, 0.0, why)
+            yield self.seen[job_id]
 
     def stop(self) -> list[TaskResult]:
         self.cancel.set()

@@ -96,8 +96,9 @@ class JobServer:
         """Run jobs until stop() (or, with `once`, until the queue is empty)."""
         if not self.slots:
             raise ValueError("a server needs at least one worker (--workers N or --gpus IDS)")
-        self.queue.register(ServerRow(self.id, socket.gethostname(), os.getpid(),
-                                      len(self.slots), self.options.executor, time.time()))
+        self.row = ServerRow(self.id, socket.gethostname(), os.getpid(), len(self.slots),
+                             self.options.executor, time.time())
+        self.queue.register(self.row)
         if self.options.executor == "ray":  # in the main thread, before any worker needs it
             self._ray = self._ray or _ray_bridge()
             self._ray.connect()
@@ -221,7 +222,7 @@ class JobServer:
     def _monitor(self) -> None:
         while not self.done.wait(BEAT_SECONDS):
             try:
-                self.queue.beat(self.id)
+                self.queue.register(self.row)  # the heartbeat
                 with self.guard:
                     entries = list(self.running.values())
                 for job_id in self.queue.cancel_requested([e.job.id for e in entries]):

@@ -215,14 +215,13 @@ class JobQueue:
     # --- servers ---------------------------------------------------------------------------
 
     def register(self, server: ServerRow) -> None:
+        """Say that `server` lives (again: a server another one took for dead, after a long
+        stall, comes back rather than beating for nobody)."""
         with self._write() as con:
-            con.execute("INSERT OR REPLACE INTO servers VALUES (?,?,?,?,?,?,?)",
+            con.execute("INSERT INTO servers VALUES (?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE "
+                        "SET heartbeat = excluded.heartbeat",
                         (server.id, server.host, server.pid, time.time(), time.time(),
                          server.slots, server.executor))
-
-    def beat(self, server: str) -> None:
-        with self._write() as con:
-            con.execute("UPDATE servers SET heartbeat = ? WHERE id = ?", (time.time(), server))
 
     def unregister(self, server: str) -> None:
         with self._write() as con:
@@ -283,14 +282,23 @@ def _dead(row: sqlite3.Row) -> bool:
     the heartbeat can. A pid reused after a crash is caught by the long lease."""
     silent = time.time() - row["heartbeat"]
     if row["host"] == socket.gethostname():
-        try:
-            os.kill(row["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-        return silent > 10 * LEASE_SECONDS
+        return not _pid_alive(row["pid"]) or silent > 10 * LEASE_SECONDS
     return silent > LEASE_SECONDS
+
+
+def _pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed server its parent has not reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal check is all there is
+        return True
 
 
 def _selector(ids: Sequence[int], batch: str | None) -> tuple[str, list[Any]]:
