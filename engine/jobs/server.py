@@ -13,6 +13,7 @@ queue once the run has started.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -87,6 +88,7 @@ class JobServer:
         self.guard = threading.Lock()
         self.claiming = threading.Event()
         self.stopping = threading.Event()
+        self.hard = False  # a hard stop: running jobs are stopped and queued again
         self.done = threading.Event()
         self._ray = None
 
@@ -128,6 +130,7 @@ class JobServer:
         self.stopping.set()
         if hard:
             with self.guard:
+                self.hard = True
                 for entry in self.running.values():
                     entry.stop.reason = entry.stop.reason or INTERRUPTED
                     entry.cancel.set()
@@ -158,6 +161,9 @@ class JobServer:
         entry = Running(job, attempt, threading.Event(), StopReason(), time.monotonic())
         with self.guard:
             self.running[job.id] = entry
+            if self.hard:  # claimed just as a hard stop came: back to the queue at once
+                entry.stop.reason = INTERRUPTED
+                entry.cancel.set()
         self.say(f"job {job.id} started on {slot.name}: {describe(job)}")
         try:
             outcome = self._execute(slot, entry)
@@ -190,7 +196,7 @@ class JobServer:
         job = entry.job
         limit = job.time_limit if job.time_limit is not None else self.options.time_limit
         if limit != job.time_limit:
-            job = Job(**{**job.__dict__, "time_limit": limit})
+            job = dataclasses.replace(job, time_limit=limit)
         run = JobRun(job, entry.attempt, self.options.project_root, self.options.home)
         if job.kind == REPLAY:
             return self._replay(slot, entry)

@@ -17,6 +17,7 @@ locks are sound; a Ray cluster is driven from one server, so it never shares the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -102,7 +103,7 @@ class JobQueue:
         if create:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with _connect(path) as con:
+                with contextlib.closing(_connect(path)) as con:  # `with con` would not close
                     con.executescript(SCHEMA)
             except (OSError, sqlite3.Error) as exc:
                 raise QueueError(f"cannot open the job queue {path} ({exc}); make the flor "
