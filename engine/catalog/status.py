@@ -35,13 +35,23 @@ def _process_alive(run: dict) -> bool:
     pid, host = run.get("pid"), run.get("hostname")
     if host != socket.gethostname() or not isinstance(pid, int):
         return True  # another host: only the heartbeat can tell
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Process `pid` of this host exists and is not a zombie (killed, not yet reaped by its
+    parent: it will never write again)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal check is all there is
+        return True
 
 
 def _heartbeat_fresh(heartbeat: Path) -> bool:

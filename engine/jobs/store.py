@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sqlite3
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..catalog.status import pid_alive
 from ..errors import EngineError
 from .model import (
     CANCELLED,
@@ -283,23 +283,8 @@ def _dead(row: sqlite3.Row) -> bool:
     the heartbeat can. A pid reused after a crash is caught by the long lease."""
     silent = time.time() - row["heartbeat"]
     if row["host"] == socket.gethostname():
-        return not _pid_alive(row["pid"]) or silent > 10 * LEASE_SECONDS
+        return not pid_alive(row["pid"]) or silent > 10 * LEASE_SECONDS
     return silent > LEASE_SECONDS
-
-
-def _pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a killed server its parent has not reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): the signal check is all there is
-        return True
 
 
 def _selector(ids: Sequence[int], batch: str | None) -> tuple[str, list[Any]]:
