@@ -327,3 +327,18 @@ def test_jobs_record_into_flor_home_when_it_is_set(repo: Path, tmp_path: Path,
     assert finished_runs(repo) == [(3, 0.1, 3, "finished")]
     with florsql.connect(repo, replay="off") as conn:
         assert conn.execute("SELECT run_dir FROM runs").fetchall()[0][0].startswith(str(home))
+
+
+@pytest.mark.parametrize("source, names", [
+    ('import flor\nlr = flor.arg("lr", 0.1)\n', {"lr"}),
+    ('import flor as f\nlr = f.arg("lr", 0.1)\nh = f.arg(name="hidden", default=1)\n',
+     {"lr", "hidden"}),
+    ('from flor import arg as a\nlr = a("lr", 0.1)\n', {"lr"}),
+    ('from flor import MTK as Flor\nlr = Flor.arg("lr", 0.1)\n', {"lr"}),
+    ('import flor\nfor k in ("lr",):\n    flor.arg(k, 0.1)\n', None),  # not a literal
+    ("import flor\nlr = (\n", None),  # does not parse
+])
+def test_the_args_a_script_reads_are_found_through_any_import_of_flor(source, names) -> None:
+    from florsql.engine.jobs.submit import arg_names
+
+    assert arg_names(source) == names

@@ -60,8 +60,8 @@ def project_of(path: str) -> tuple[Path, Path]:
     start = Path(path).expanduser().resolve()
     root = gitrepo.toplevel(start)
     if root is None:
-        raise BatchError(f"{start} is not inside a git repository: flor.batch queues jobs of "
-                         "a project's script; run it from the project (or pass path=)")
+        raise BatchError(f"{start} is not inside a git repository: jobs belong to a project's "
+                         "repository; run from the project, or name it (path=, --project)")
     exclude_from_git(root, f"/{protocol.HOME_DIRNAME}/")
     return root, flor_home(root)
 
@@ -92,23 +92,42 @@ def unknown_arg(key: str, script: str, known: set[str]) -> str:
 
 
 def arg_names(source: str) -> set[str] | None:
-    """The literal names of `flor.arg("name", ...)` calls in `source`; None when a call's name
-    is not a literal (or the script does not parse), so no arg can be ruled out."""
+    """The literal names of the script's `flor.arg("name", ...)` calls (also through `import
+    flor as f`, `from flor import arg` and MTK's `Flor.arg`); None when a name is not a
+    literal or the script does not parse, so that no arg can be ruled out."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
+    modules, functions = _flor_aliases(tree)
     names: set[str] = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "arg" and isinstance(node.func.value, ast.Name)
-                and node.func.value.id in ("flor", "Flor")):
+        if isinstance(node, ast.Call) and _is_arg_call(node.func, modules, functions):
             first = node.args[0] if node.args else next(
                 (kw.value for kw in node.keywords if kw.arg == "name"), None)
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                 return None
             names.add(first.value)
     return names
+
+
+def _flor_aliases(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """The names the script gives flor (and MTK's Flor), and flor's `arg` function."""
+    modules, functions = {"flor", "Flor"}, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name == "flor"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "flor":
+            functions |= {a.asname or a.name for a in node.names if a.name == "arg"}
+            modules |= {a.asname or a.name for a in node.names if a.name == "MTK"}
+    return modules, functions
+
+
+def _is_arg_call(func: ast.expr, modules: set[str], functions: set[str]) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in functions
+    return (isinstance(func, ast.Attribute) and func.attr == "arg"
+            and isinstance(func.value, ast.Name) and func.value.id in modules)
 
 
 def _script_path(root: Path, start: Path, script: str) -> str:
