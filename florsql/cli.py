@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=serve_main)
     jobs = commands.add_parser(
         "jobs", prog="florsql jobs", help="the job queue: progress, a job's log, cancel",
-        description="List the project's jobs with their progress; `log ID` shows a job's "
+        description="List the project's jobs (the 200 most recent) and a progress line "
+        "counting all of them; `log ID` shows a job's "
         "output, `cancel ID|--batch NAME` cancels. SQL sees them as the jobs table.")
     add_jobs_arguments(jobs)
     jobs.set_defaults(handler=jobs_main)

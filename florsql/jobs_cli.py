@@ -76,13 +76,13 @@ def serve_main(args: argparse.Namespace) -> int:
     slots = ", ".join(s.name for s in server.slots)
     print(f"florsql serve: {len(server.slots)} worker(s) ({slots}) on {options.project_root}, "
           f"executor {options.executor}; {progress_line(server.queue)}", flush=True)
-    with _stop_on_signals(server):
+    with StopOnSignals(server):
         server.serve()
     print(f"florsql serve: stopped; {progress_line(server.queue)}", flush=True)
     return 0
 
 
-class _stop_on_signals:
+class StopOnSignals:
     """SIGINT: stop claiming (again: stop running jobs too); SIGTERM: stop them at once."""
 
     def __init__(self, server: JobServer) -> None:

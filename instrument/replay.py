@@ -70,7 +70,7 @@ def report_job_start(spec: protocol.JobSpec, identity: dict, run_dir: object) ->
     doc = {"tstamp": identity["tstamp"], "pid": identity["pid"], "run_dir": str(run_dir)}
     try:
         write_atomic(spec.report, json.dumps(doc).encode())
-    except OSError:  # the worker then learns the tstamp from the run's own folder
+    except OSError:  # a full disk: the run goes on; its job just shows no tstamp
         pass
 
 

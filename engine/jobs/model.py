@@ -12,7 +12,6 @@ stopped it on its way out (its attempt says `interrupted`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,4 +85,4 @@ class Outcome:
 
 def format_value(value: Any) -> str:
     """A job arg as the command line gets it: 0.0001, 100, True, text."""
-    return value if isinstance(value, str) else json.dumps(value) if value is None else str(value)
+    return value if isinstance(value, str) else str(value)

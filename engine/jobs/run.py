@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -146,9 +145,10 @@ def read_report(attempt: Attempt) -> dict | None:
 
 def link_ignored(project_root: Path, tree: Path, home: Path) -> list[str]:
     """Link each top-most path git ignores in the project into `tree` at the same place."""
-    listing = subprocess.run(
-        ["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"],
-        cwd=project_root, capture_output=True, check=False).stdout.decode(errors="replace")
+    from flor import gitrepo
+
+    listing = gitrepo.run(project_root, "ls-files", "-z", "--others", "--ignored",
+                          "--exclude-standard", "--directory")
     linked = []
     for rel in filter(None, listing.split("\0")):
         rel = rel.rstrip("/")

@@ -107,6 +107,8 @@ class JobServer:
         requeued = self.queue.reap()
         if requeued:
             self.say(f"requeued job(s) {', '.join(map(str, requeued))}: their server died")
+        if self.options.gpus:  # a replay task's GPU: worker.task_env picks one per slot
+            os.environ["FLOR_REPLAY_GPUS"] = ",".join(self.options.gpus)
         self.claiming.set()
         threads = [threading.Thread(target=self._work, args=(slot,), daemon=True,
                                     name=f"flor-serve-{slot.name}") for slot in self.slots]
@@ -211,8 +213,6 @@ class JobServer:
         if self.options.executor == "ray":
             result = self.ray.run_task(task, entry.cancel)
         else:
-            if slot.gpu is not None:
-                os.environ["FLOR_REPLAY_GPUS"] = ",".join(self.options.gpus)
             result = perform_task(task, run_process, entry.cancel, slot=slot.index,
                                   parent=os.getpid())
         return task_outcome(result, entry.stop)

@@ -30,6 +30,10 @@ from .history import build_history_sql
 from .rewrite import Rewrite, rewrite_query
 
 T = TypeVar("T")
+_HIDDEN_PREFIX = "_"
+_PREPARED_CACHE = 128  # rewritten queries kept per session
+_RACY_NS = 2_000_000_000  # a directory changed this recently may change again unseen
+_TABLES_BY_VERSION: dict[str, dict[str, dict[str, str]]] = {}
 
 
 class SideTables(Protocol):
@@ -40,10 +44,6 @@ class SideTables(Protocol):
 
     def tables(self) -> dict[str, list[dict]]:
         """Table name -> its rows, each a dict by column name."""
-_HIDDEN_PREFIX = "_"
-_PREPARED_CACHE = 128  # rewritten queries kept per session
-_RACY_NS = 2_000_000_000  # a directory changed this recently may change again unseen
-_TABLES_BY_VERSION: dict[str, dict[str, dict[str, str]]] = {}
 
 
 class CatalogSession:
