@@ -20,6 +20,20 @@ GIT_ENV = {
 }
 
 
+# A 3-epoch script without torch, and today's version of it, which also logs `double`: the
+# executor tests' history to replay (a run takes a fraction of a second).
+TOTAL_SCRIPT = """import flor
+lr = flor.arg("lr", 0.1)
+total = 0.0
+for epoch in flor.loop("epoch", range(3)):
+    total += lr * (epoch + 1) / 3
+    flor.log("total", total)
+"""
+TOTAL_TODAY = TOTAL_SCRIPT.replace(
+    '    flor.log("total", total)\n',
+    '    flor.log("total", total)\n    flor.log("double", total * 2)\n')
+
+
 TINY_MLP_LOSS_LINE = '            flor.log("loss", loss.item())\n'
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import flor
 import florsql
-from conftest import make_repo, run_script
+from conftest import TOTAL_SCRIPT, TOTAL_TODAY, make_repo, run_script
 from florsql.engine import (
     CatalogSession,
     Executor,
@@ -34,15 +34,7 @@ from florsql.engine.replay.model import INTERRUPTED, Startup
 from florsql.engine.replay.process import Exit, Launch
 from florsql.engine.replay.service import project_lock
 
-SCRIPT = """import flor
-lr = flor.arg("lr", 0.1)
-total = 0.0
-for epoch in flor.loop("epoch", range(3)):
-    total += lr * (epoch + 1) / 3
-    flor.log("total", total)
-"""
-TODAY = SCRIPT.replace('    flor.log("total", total)\n',
-                       '    flor.log("total", total)\n    flor.log("double", total * 2)\n')
+SCRIPT, TODAY = TOTAL_SCRIPT, TOTAL_TODAY
 
 
 def _subprocess_run(launch: Launch, cancel: threading.Event) -> Exit:

@@ -16,17 +16,9 @@ from pathlib import Path
 import pytest
 
 import florsql
-from conftest import make_repo, run_script
+from conftest import TOTAL_SCRIPT, TOTAL_TODAY, make_repo, run_script
 
-SCRIPT = """import flor
-lr = flor.arg("lr", 0.1)
-total = 0.0
-for epoch in flor.loop("epoch", range(3)):
-    total += lr * (epoch + 1) / 3
-    flor.log("total", total)
-"""
-TODAY = SCRIPT.replace('    flor.log("total", total)\n',
-                       '    flor.log("total", total)\n    flor.log("double", total * 2)\n')
+SCRIPT, TODAY = TOTAL_SCRIPT, TOTAL_TODAY
 
 
 @pytest.fixture
