@@ -77,7 +77,10 @@ def serve_main(args: argparse.Namespace) -> int:
     print(f"florsql serve: {len(server.slots)} worker(s) ({slots}) on {options.project_root}, "
           f"executor {options.executor}; {progress_line(server.queue)}", flush=True)
     with StopOnSignals(server):
-        server.serve()
+        try:
+            server.serve()
+        except EngineError as e:  # Ray missing or unreachable: nothing was claimed
+            return fail(str(e))
     print(f"florsql serve: stopped; {progress_line(server.queue)}", flush=True)
     return 0
 

@@ -86,3 +86,19 @@ def test_cancel_and_time_limits_reach_jobs_running_on_ray(tmp_path: Path) -> Non
     with florsql.connect(repo, replay="off") as conn:  # neither left a finished run
         assert conn.execute("SELECT count(*) FROM runs WHERE status = 'finished'"
                             ).fetchall() == [(0,)]
+
+
+def test_serve_on_ray_without_ray_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    flor.batch([{"hidden": 1}], path=str(repo))
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+            "from florsql.cli import main; sys.exit(main(['serve', '--executor', 'ray']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "florsql: error: the ray executor needs Ray: pip install 'florsql[ray]'"]
+    from test_jobs import queue
+
+    assert queue(repo).read("SELECT status FROM jobs")[0]["status"] == "queued"
+    assert not queue(repo).read("SELECT id FROM servers")

@@ -100,10 +100,10 @@ class JobServer:
             raise ValueError("a server needs at least one worker (--workers N or --gpus IDS)")
         self.row = ServerRow(self.id, socket.gethostname(), os.getpid(), len(self.slots),
                              self.options.executor, time.time())
-        self.queue.register(self.row)
         if self.options.executor == "ray":  # in the main thread, before any worker needs it
             self._ray = self._ray or _ray_bridge()
             self._ray.connect()
+        self.queue.register(self.row)
         requeued = self.queue.reap()
         if requeued:
             self.say(f"requeued job(s) {', '.join(map(str, requeued))}: their server died")
