@@ -42,8 +42,16 @@ class QueueExecutor(Executor):
     name = "queue"
 
     def __init__(self, home: Path) -> None:
-        self.queue = JobQueue.open(home)
         self.home = home
+        self._queue: JobQueue | None = None
+
+    @property
+    def queue(self) -> JobQueue:
+        """The project's queue, opened (made) at first use: a connection that never replays
+        must not need a writable flor home."""
+        if self._queue is None:
+            self._queue = JobQueue.open(self.home)
+        return self._queue
 
     @property
     def slots(self) -> int:
