@@ -296,6 +296,37 @@ def test_replay_tasks_are_claimed_before_queued_batch_jobs(repo: Path) -> None:
     assert claimed == [REPLAY, BATCH, BATCH] and q.claim("s", "w") is None
 
 
+def test_a_reader_never_sees_the_queue_file_before_its_tables(tmp_path: Path) -> None:
+    # every SQL statement reads `jobs` once the file exists; a first server may be making it
+    import threading
+
+    homes = [tmp_path / f"h{i}" for i in range(40)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_as_soon_as_it_exists() -> None:
+        while not done.is_set():
+            for home in homes:
+                if (home / QUEUE_FILE).exists():
+                    try:
+                        JobQueue(home / QUEUE_FILE).read("SELECT count(*) FROM jobs")
+                    except Exception as exc:  # noqa: BLE001  (any error fails the test below)
+                        errors.append(exc)
+
+    reader = threading.Thread(target=read_as_soon_as_it_exists)
+    reader.start()
+    for home in homes:
+        openers = [threading.Thread(target=JobQueue.open, args=(home,)) for _ in range(3)]
+        for t in openers:
+            t.start()
+        for t in openers:
+            t.join()
+    done.set()
+    reader.join()
+    assert not errors, errors[:3]
+    assert all(sorted(p.name for p in home.iterdir()) == [QUEUE_FILE] for home in homes)
+
+
 def _alive(pid: int) -> bool:
     from conftest import process_alive
 

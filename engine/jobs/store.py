@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -103,8 +105,7 @@ class JobQueue:
         if create:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.closing(_connect(path)) as con:  # `with con` would not close
-                    con.executescript(SCHEMA)
+                _create_whole(path)
             except (OSError, sqlite3.Error) as exc:
                 raise QueueError(f"cannot open the job queue {path} ({exc}); make the flor "
                                  "home writable or set FLOR_HOME") from None
@@ -293,6 +294,30 @@ def _selector(ids: Sequence[int], batch: str | None) -> tuple[str, list[Any]]:
     if not ids:
         raise QueueError("name the jobs to cancel: job ids, or --batch NAME")
     return f"id IN ({','.join('?' * len(ids))})", list(ids)
+
+
+def _create_whole(path: Path) -> None:
+    """Make the queue file with its tables, so that no reader ever sees it without them.
+
+    A reader (every SQL statement reads the `jobs` table once the file exists) racing a first
+    server would otherwise open a file SQLite has created but not yet given its tables. So the
+    file is built under a temporary name and hard-linked into place, which never replaces a
+    queue another process made first.
+    """
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with contextlib.closing(_connect(tmp)) as con:  # `with con` would not close
+                con.executescript(SCHEMA)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        except OSError:
+            pass  # no hard links on this file system: create it in place below
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
+    with contextlib.closing(_connect(path)) as con:
+        con.executescript(SCHEMA)  # a no-op on a whole file; tables added by newer versions
 
 
 def _connect(path: Path) -> sqlite3.Connection:
