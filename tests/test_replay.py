@@ -88,6 +88,14 @@ def test_replayed_values_equal_a_fresh_run_of_todays_script(replayed: Path) -> N
     assert per_run == [("a", 21), ("b", 21), ("c", 21)]  # only the asked-for names
 
 
+def test_replayed_records_keep_the_name_statistics_exact(replayed: Path) -> None:
+    from test_name_stats import assert_statistics_exact
+
+    with florsql.connect(replayed, replay="off") as conn:
+        assert conn.execute("SELECT count(*) FROM logs WHERE source = 'replay'").fetchone()[0]
+        assert_statistics_exact(conn)  # replays add records to contexts already stored
+
+
 def test_a_second_replay_has_nothing_left_to_do(replayed: Path) -> None:
     df = flor.replay(["val_acc", "grad_norm"], path=replayed, dry_run=True)
     assert df.empty or set(df.status) <= {"planned"} and not any(df.names)

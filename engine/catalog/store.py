@@ -1,8 +1,10 @@
 """The published catalog: immutable Parquet segments plus one manifest, read by every process.
 
     <home>/catalog/manifest.json                 what is published; replaced by rename
-    <home>/catalog/seg-<id>-<token>-<table>.parquet   rows of a large table (_logs, _contexts,
-                                                 _iterations) first published as segment <id>
+    <home>/catalog/seg-<id>-<token>-<table>.arrow     rows of a large table (_logs, _contexts,
+                                                 _iterations) first published as segment <id>,
+                                                 an Arrow IPC stream (zstd); older catalogs
+                                                 have .parquet ones, read alike
     <home>/catalog/state-<v>-<token>/<table>.parquet  the small tables, whole, as of version <v>
     <home>/catalog/ingest.lock                   held by the one process ingesting
 
@@ -27,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -44,6 +45,7 @@ import pyarrow.parquet as pq
 from flor.housekeeping import atomic_file, write_atomic
 
 from ..errors import CatalogLockedError, IngestWarning
+from .sink import IPC_OPTIONS, SegmentSink, file_token, segment_name
 
 FORMAT = "florsql-catalog/1"
 MANIFEST = "manifest.json"
@@ -168,8 +170,10 @@ class Store:
 
     # --- publishing (under the ingest lock) -------------------------------------------------
 
-    def publish(self, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> Manifest | None:
-        """Publish what the mirror `con` holds beyond `manifest`; the new manifest, or None
+    def publish(self, con: duckdb.DuckDBPyConnection, manifest: Manifest,
+                sink: SegmentSink | None = None) -> Manifest | None:
+        """Publish what the mirror `con` holds beyond `manifest` (the new rows' segments
+        written by `sink` as the ingest went, when it has them all); the new manifest, or None
         when nothing changed. Raises OSError when the directory cannot be written."""
         new = manifest.successor()
         version = new.version
@@ -177,7 +181,8 @@ class Store:
             "SELECT DISTINCT strftime(tstamp, '%Y-%m-%dT%H:%M:%S.%f') FROM _dropped").fetchall()]
         new.tombstones += [(t, manifest.version) for t in dropped]
         changed = bool(dropped)
-        for table, segment in zip(SEGMENTED, self._write_segments(con, version), strict=True):
+        segments = self._write_segments(con, version, sink)
+        for table, segment in zip(SEGMENTED, segments, strict=True):
             if segment is not None:
                 new.segments[table].append(segment)
                 changed = True
@@ -197,18 +202,24 @@ class Store:
             return merged
         return new
 
-    def _write_segments(self, con: duckdb.DuckDBPyConnection,
-                        version: int) -> list[Segment | None]:
-        """Each segmented table's new segment (None: no new rows). A small publish writes the
-        tables at once, a thread each: pyarrow's Parquet encoding and DuckDB's export let go
-        of the GIL (one run of 1M records: conn.refresh() 2.50 -> 2.04 s on 2 cores). A large
-        one writes them one after the other: at once, 10M records peaked at 1.3 GB instead of
-        1.06 GB, past the 1 GB docs/catalog.md promises for ingesting 10M."""
-        pending = con.execute("SELECT " + " + ".join(
+    def _write_segments(self, con: duckdb.DuckDBPyConnection, version: int,
+                        sink: SegmentSink | None) -> list[Segment | None]:
+        """Each segmented table's new segment (None: no new rows): the sink's files when they
+        hold exactly the rows the mirror has for this version (sink.py), else the rows read
+        back out of the mirror (a thread per table: DuckDB's export and pyarrow's encoding
+        let go of the GIL), one table after the other for a large publish, so that 10M
+        records stay within the 1 GB docs/catalog.md promises."""
+        pending = dict(zip(SEGMENTED, con.execute("SELECT " + ", ".join(
             f"(SELECT count(*) FROM {t} WHERE _seg = {int(version)})" for t in SEGMENTED)
-        ).fetchall()[0][0]
+        ).fetchall()[0], strict=True))
+        if sink is not None:
+            if sink.rows() == {t: n for t, n in pending.items() if n}:
+                written = sink.finish()
+                return [Segment(version, *written[t]) if t in written else None
+                        for t in SEGMENTED]
+            sink.discard()  # rows were rolled back or dropped again: export what is there
         database = con.execute("SELECT current_database()").fetchall()[0][0]
-        if pending > _PARALLEL_ROWS:
+        if sum(pending.values()) > _PARALLEL_ROWS:
             return [self._write_segment(_cursor(con, database), t, version) for t in SEGMENTED]
         with ThreadPoolExecutor(len(SEGMENTED), thread_name_prefix="flor-publish") as pool:
             return list(pool.map(
@@ -221,8 +232,8 @@ class Store:
             pending = f"SELECT * EXCLUDE (_seg) FROM {table} WHERE _seg = {int(version)}"
             if not con.execute(f"SELECT count(*) FROM ({pending})").fetchall()[0][0]:
                 return None
-            name = f"seg-{version:08d}-{_token()}-{table.lstrip('_')}.parquet"
-            return Segment(version, name, self._stream_parquet(name, con.sql(pending)))
+            name = segment_name(version, table)
+            return Segment(version, name, self._stream_segment(name, con.sql(pending)))
         finally:
             con.close()
 
@@ -232,7 +243,7 @@ class Store:
         digest = _digest(tables)
         if digest == new.state_hash:
             return False
-        name = f"state-{version:08d}-{_token()}"
+        name = f"state-{version:08d}-{file_token()}"
         folder = self.dir / name
         folder.mkdir(parents=True, exist_ok=True)
         for table, rows in tables.items():
@@ -243,30 +254,19 @@ class Store:
         new.state, new.state_hash = name, digest
         return True
 
-    def _stream_parquet(self, name: str, relation: duckdb.DuckDBPyRelation) -> int:
-        """Write the rows of `relation` a batch at a time (memory stays bounded however many
-        there are); how many there were."""
+    def _stream_segment(self, name: str, relation: duckdb.DuckDBPyRelation) -> int:
+        """Write the rows of `relation` as an Arrow IPC stream, a batch at a time (memory
+        stays bounded however many there are); how many there were."""
         rows = 0
         with atomic_file(self.dir / name) as fh:
             reader = relation.to_arrow_reader(_WRITE_BATCH_ROWS)
-            writer = pq.ParquetWriter(fh, reader.schema, compression="zstd")
-            # DuckDB's small batches, gathered into row groups of ~1M rows (small ones
-            # compress badly)
-            group: list[pa.RecordBatch] = []
-            grouped = 0
             try:
-                for batch in reader:
-                    group.append(batch)
-                    rows += batch.num_rows
-                    grouped += batch.num_rows
-                    if grouped >= _WRITE_BATCH_ROWS:
-                        writer.write_table(pa.Table.from_batches(group))
-                        group, grouped = [], 0
+                with pa.ipc.new_stream(fh, reader.schema, options=IPC_OPTIONS) as writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+                        rows += batch.num_rows
             finally:
                 reader.close()  # the connection is busy until its result is closed
-            if group:
-                writer.write_table(pa.Table.from_batches(group))
-            writer.close()
         return rows
 
     def _write_parquet(self, name: str, rows: pa.Table) -> None:
@@ -283,8 +283,8 @@ class Store:
                 continue
             ids = [s.id for s in small]
             merged_id = max(ids)  # keeps its place among tombstones: nothing newer is merged
-            name = f"seg-{new.version:08d}-{_token()}-{table.lstrip('_')}-c{merged_id}.parquet"
-            rows = self._stream_parquet(name, con.sql(
+            name = segment_name(new.version, table, f"c{merged_id}")
+            rows = self._stream_segment(name, con.sql(
                 f"SELECT * EXCLUDE (_seg) FROM {table} WHERE list_contains($ids, _seg) "
                 "ORDER BY _seg", params={"ids": ids}))
             _crash_point("compacted")
@@ -346,12 +346,6 @@ def _flock_waiting(handle, path: Path) -> None:
                 raise CatalogLockedError(str(path), waited) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-
-
-def _token() -> str:
-    """Part of every file name: a manifest rebuilt from scratch restarts its versions, and
-    must never write over a file an older manifest (held by a slow reader) still names."""
-    return secrets.token_hex(4)
 
 
 def _setting(env: str, default: float) -> float:

@@ -23,6 +23,7 @@ from flor import protocol
 from ..catalog.ingest import IngestReport, ingest_needed, ingest_project
 from ..catalog.mirror import Mirror, open_mirror
 from ..catalog.names import HistorySchema, load_history_schema, refresh_names
+from ..catalog.sandbox import unordered_inserts
 from ..catalog.schema import SCHEMA_VERSION, SIDE_TABLES
 from ..code.script_names import script_names, scripts_stamp
 from ..project import Project, locate_project
@@ -121,19 +122,21 @@ class CatalogSession:
         if stamp is not None and stamp == self._quiet_stamp and self.mirror.current():
             return IngestReport()
         report = IngestReport()
-        with self._lock:
+        with self._lock, unordered_inserts(self.con):
             self.mirror.sync()
             if ingest_needed(self.con, self.project):
                 with self.mirror.store.ingest_lock() as can_publish:
                     self.mirror.sync()  # what others published while this one waited
                     pending = self.mirror.begin_ingest()
+                    sink = self.mirror.open_sink(can_publish)
                     try:
-                        report = ingest_project(self.con, self.project, self.mirror.added)
+                        report = ingest_project(self.con, self.project, self.mirror.added, sink)
                         refresh_names(self.con, pending)
                     except BaseException:
-                        self.mirror.abandon()
+                        self.mirror.abandon(sink)
                         raise
-                    self.mirror.publish(can_publish)
+                    self.mirror.publish(can_publish, sink)
+                    pa.default_memory_pool().release_unused()  # the batches' Arrow buffers
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
             self._data_version = self.con.execute(
