@@ -92,14 +92,18 @@ class RowBatch:
         hand each table to `sink`, which writes the pending segment meanwhile (sink.py).
         A context already stored for the run, or listed by several parts, is stored once."""
         if self.count or self._contexts:
-            logs, contexts, keys = self._tables()
+            logs, contexts, keys, context_rows = self._tables()
             known = _stored_ids(con, contexts, self.tstamp)
             if logs is not None:
                 merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
+                defines = _defining_records(keys, known)
+                logs = logs.append_column("defines_ctx", pa.array(defines))
                 _append(con, sink, "_logs", self._whole(logs, source=True))
+                if contexts is not None:  # a record of theirs stands for these
+                    contexts = contexts.filter(_unclaimed(context_rows, keys.ctx_row[defines]))
             del logs, keys
             if contexts is not None:
-                if len(known):
+                if len(known):  # stored already
                     contexts = contexts.filter(pc.invert(pc.is_in(contexts.column("ctx_id"),
                                                                   pa.array(known))))
                 _append(con, sink, "_contexts", self._whole(contexts))
@@ -122,9 +126,11 @@ class RowBatch:
                 np.zeros(n, np.int8), pa.array([self.source], pa.string())))
         return rows
 
-    def _tables(self) -> tuple[pa.Table | None, pa.Table | None, RecordKeys | None]:
-        """The rows for `_logs` and for `_contexts` (None: no rows), and the records' keys
-        for their statistics (name_stats.py)."""
+    def _tables(self) -> tuple[pa.Table | None, pa.Table | None, RecordKeys | None,
+                               np.ndarray | None]:
+        """The rows for `_logs` and for `_contexts` (None: no rows), the records' keys (for
+        their statistics, name_stats.py) and, for each context row, its row among the joined
+        definitions (the numbering of the keys' `ctx_row`)."""
         pieces = [_RUN_LEVEL, *self._contexts]
         levels = [k for k in range(1, ANCESTOR_LEVELS + 1)
                   if any(f"loop_{k}" in p for p in pieces)]  # no part reaches the others
@@ -138,10 +144,12 @@ class RowBatch:
         logs, keys = self._log_table(contexts, np.cumsum([len(p["ctx_id"]) for p in pieces]),
                                      levels, canonical)
         if not self._contexts:
-            return logs, None, keys
+            return logs, None, keys, None
         paths = pa.concat_arrays([p["path"] for p in pieces])
+        rows = np.arange(len(ids))
         if repeated:
             keep = _first_occurrences(ids, ordered)
+            rows = np.flatnonzero(keep)
             contexts = {key: column[keep] for key, column in contexts.items()}
             paths = paths.filter(pa.array(keep))
         top = contexts["depth"] == 0
@@ -151,7 +159,7 @@ class RowBatch:
                    _dictionary(loop, self._loop_values(), loop < 0),
                    pa.array(contexts["iteration"], mask=top),
                    *self._ancestors(contexts, levels, len(loop))]
-        return logs, pa.Table.from_arrays(columns, schema=CTX_SCHEMA), keys
+        return logs, pa.Table.from_arrays(columns, schema=CTX_SCHEMA), keys, rows
 
     def _log_table(self, contexts: dict, ends: np.ndarray, levels: list[int],
                    canonical: np.ndarray | None) -> tuple[pa.Table | None, RecordKeys | None]:
@@ -259,7 +267,8 @@ def _first_occurrences(ids: np.ndarray, ordered: np.ndarray) -> np.ndarray:
 
 def _stored_ids(con: Any, contexts: pa.Table | None, tstamp: str) -> np.ndarray:
     """The ids of `contexts` the catalog holds already for the run (a live run's earlier
-    parts defined some): a probe of the run's stored ids among them, when it has any."""
+    parts defined some): a probe of the run's contexts among them, when it has any (every run
+    stores its run level, so a run without it has none)."""
     none = np.empty(0, np.int64)
     if contexts is None or not con.execute(
             "SELECT count(*) FROM (SELECT 1 FROM _contexts WHERE tstamp = CAST(? AS TIMESTAMP) "
@@ -268,11 +277,28 @@ def _stored_ids(con: Any, contexts: pa.Table | None, tstamp: str) -> np.ndarray:
     name = "_florsql_new_contexts"
     con.register(name, contexts.select(["ctx_id"]))
     try:
-        return con.execute(f"SELECT ctx_id FROM _contexts WHERE tstamp = CAST(? AS TIMESTAMP) "
-                           f"AND ctx_id IN (SELECT ctx_id FROM {name})",
+        return con.execute(f"SELECT ctx_id FROM _all_contexts WHERE tstamp = CAST(? AS "
+                           f"TIMESTAMP) AND ctx_id IN (SELECT ctx_id FROM {name})",
                            [tstamp]).fetchnumpy()["ctx_id"].astype(np.int64)
     finally:
         con.unregister(name)
+
+
+def _defining_records(keys: RecordKeys, known: np.ndarray) -> np.ndarray:
+    """A mask of the records that stand for their context (`defines_ctx`): the first of each
+    context at depth 1..3 the catalog does not hold yet. Such a context needs no row in
+    `_contexts`: `_all_contexts` reads it off that record's ancestor columns."""
+    count = len(keys.depth)
+    eligible = (keys.depth >= 1) & (keys.depth <= ANCESTOR_LEVELS)
+    if len(known):
+        eligible &= ~np.isin(keys.ctx_id, known)
+    where = np.flatnonzero(eligible)
+    defines = np.zeros(count, bool)
+    if len(where):
+        first = np.full(int(keys.ctx_row.max()) + 1, count, np.int64)
+        np.minimum.at(first, keys.ctx_row[where], where)
+        defines[first[first < count]] = True
+    return defines
 
 
 def _deep_loops(contexts: pa.Table | None) -> list[tuple[str, int]]:
@@ -285,6 +311,14 @@ def _deep_loops(contexts: pa.Table | None) -> list[tuple[str, int]]:
     pairs = deep.select(["loop_name", "depth"]).group_by(["loop_name", "depth"]).aggregate([])
     return list(zip(pairs.column("loop_name").to_pylist(), pairs.column("depth").to_pylist(),
                     strict=True))
+
+
+def _unclaimed(context_rows: np.ndarray, claimed: np.ndarray) -> pa.Array:
+    """A mask of the contexts (at `context_rows` of the joined definitions, ascending) whose
+    row no record claimed (`claimed`: the rows of contexts a record stands for)."""
+    taken = np.zeros(int(context_rows[-1]) + 1, bool)
+    taken[claimed] = True
+    return pa.array(~taken[context_rows])
 
 
 def _first_rows(ids: np.ndarray) -> np.ndarray:

@@ -3,13 +3,16 @@
 Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published segment their
 rows came from (rows ingested here carry the id their publish will have: mirror.begin_ingest);
 the user sees them through the views `logs`, `contexts` and `iterations`, without it.
+`_contexts` holds only the contexts no record of their own stands for: the run level, those
+deeper than 3, and those without records at their depth; `_all_contexts` adds the others from
+the record flagged `defines_ctx` (one per context), so a step context costs no second row.
 `_dropped` lists runs an ingest here removed, which the next publish turns into tombstones
 (store.py). `jobs` and `job_attempts` mirror the job queue (SIDE_TABLES).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -22,7 +25,7 @@ CREATE TABLE IF NOT EXISTS _logs (
     tstamp TIMESTAMP, ctx_id BIGINT, depth INTEGER, value_name VARCHAR, value_type VARCHAR,
     value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT,
     loop_1 VARCHAR, iter_1 BIGINT, ctx_1 BIGINT, loop_2 VARCHAR, iter_2 BIGINT, ctx_2 BIGINT,
-    loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, _seg INTEGER
+    loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, defines_ctx BOOLEAN, _seg INTEGER
 );
 CREATE OR REPLACE VIEW logs AS
 SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord
@@ -33,8 +36,21 @@ CREATE TABLE IF NOT EXISTS _contexts (
     loop_1 VARCHAR, iter_1 BIGINT, ctx_1 BIGINT, loop_2 VARCHAR, iter_2 BIGINT, ctx_2 BIGINT,
     loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, _seg INTEGER
 );
+-- A context at depth 1..3 with records of its own is not stored in _contexts: its first record
+-- stands for it (`defines_ctx`), and its columns are that record's ancestor columns.
+CREATE OR REPLACE VIEW _all_contexts AS
+SELECT * EXCLUDE (_seg) FROM _contexts
+UNION ALL
+SELECT tstamp, ctx_id, depth,
+       concat_ws('/', loop_1 || '=' || iter_1, loop_2 || '=' || iter_2,
+                 loop_3 || '=' || iter_3) AS path,
+       CASE depth WHEN 1 THEN 0 WHEN 2 THEN ctx_1 ELSE ctx_2 END AS parent_id,
+       CASE depth WHEN 1 THEN loop_1 WHEN 2 THEN loop_2 ELSE loop_3 END AS loop_name,
+       CASE depth WHEN 1 THEN iter_1 WHEN 2 THEN iter_2 ELSE iter_3 END AS iteration,
+       loop_1, iter_1, ctx_1, loop_2, iter_2, ctx_2, loop_3, iter_3, ctx_3
+FROM _logs WHERE defines_ctx;
 CREATE OR REPLACE VIEW contexts AS
-SELECT tstamp, ctx_id, depth, path, parent_id, loop_name, iteration FROM _contexts;
+SELECT tstamp, ctx_id, depth, path, parent_id, loop_name, iteration FROM _all_contexts;
 CREATE TABLE IF NOT EXISTS checkpoints (
     tstamp TIMESTAMP, loop_name VARCHAR, iteration BIGINT, path VARCHAR, bytes BIGINT,
     seconds DOUBLE, blocked_seconds DOUBLE, created TIMESTAMPTZ
@@ -80,11 +96,11 @@ WITH RECURSIVE deep AS (  -- loops 1..3 are columns of each context; deeper ones
     JOIN _contexts AS c ON c.tstamp = d.tstamp AND c.ctx_id = d.parent_id WHERE c.depth > 3
 )
 SELECT tstamp, ctx_id, 0 AS depth, loop_1 AS loop_name, iter_1 AS iteration
-FROM _contexts WHERE depth >= 1
+FROM _all_contexts WHERE depth >= 1
 UNION ALL
-SELECT tstamp, ctx_id, 1, loop_2, iter_2 FROM _contexts WHERE depth >= 2
+SELECT tstamp, ctx_id, 1, loop_2, iter_2 FROM _all_contexts WHERE depth >= 2
 UNION ALL
-SELECT tstamp, ctx_id, 2, loop_3, iter_3 FROM _contexts WHERE depth >= 3
+SELECT tstamp, ctx_id, 2, loop_3, iter_3 FROM _all_contexts WHERE depth >= 3
 UNION ALL
 SELECT tstamp, ctx_id, anc_depth - 1, loop_name, iteration FROM deep;
 CREATE TABLE IF NOT EXISTS jobs (

@@ -8,8 +8,9 @@ context the last value wins, and a forward value wins over a replayed one.
 Every row of `_logs` and `_contexts` carries its enclosing contexts at depths 1..3 (`loop_k`,
 `iter_k`, `ctx_k`, see rows.py), so up to depth 3 `history` is one filtered scan (grouped
 where a context holds several records of a name) at the grain, which carries the loop dims
-and the ids of the outer contexts; outer values join on those ids. Deeper grains walk
-`_contexts` by `parent_id`.
+and the ids of the outer contexts; outer values join on those ids. Deeper grains walk the
+contexts (`_all_contexts`: those stored, and those their first record stands for) by
+`parent_id`.
 """
 
 from __future__ import annotations
@@ -72,20 +73,20 @@ class _Tables(NamedTuple):
 
     runs: str
     contexts: str
-    logs_where: str  # a prefix for the WHERE of a scan of `_logs` or `_contexts`
+    logs_where: str  # a prefix for the WHERE of a scan of `_logs` or `_all_contexts`
 
     @classmethod
     def of(cls, run_filter: str | None) -> _Tables:
         if not run_filter:
-            return cls("runs", "_contexts", "")
+            return cls("runs", "_all_contexts", "")
         kept = f"tstamp IN (SELECT tstamp FROM runs WHERE {run_filter})"
         return cls(f"(SELECT * FROM runs WHERE {run_filter})",
-                   f"(SELECT * FROM _contexts WHERE {kept})", f"{kept} AND ")
+                   f"(SELECT * FROM _all_contexts WHERE {kept})", f"{kept} AND ")
 
 
 def _scan_joins(per_depth: dict[int, list[NameInfo]], depth: int, dim_exprs: list[str],
                 alias: dict[int, str], tables: _Tables) -> str:
-    """Grain at depth <= 3: one scan of `_logs` (or of `_contexts` for dims alone) at the grain
+    """Grain at depth <= 3: one scan of `_logs` (or of the contexts for dims alone) at the grain
     depth, carrying the dims and the ids of the outer contexts that hold referenced values."""
     joins = []
     if depth > 0:
@@ -96,7 +97,7 @@ def _scan_joins(per_depth: dict[int, list[NameInfo]], depth: int, dim_exprs: lis
             grain = _pivot(per_depth[depth], depth, alias, tables, carried)
         else:  # only loop dims (and outer values) here: the contexts are the grain
             cols = "".join(f", {e} AS {a}" for e, a in carried)
-            grain = (f"SELECT tstamp, ctx_id{cols} FROM _contexts "
+            grain = (f"SELECT tstamp, ctx_id{cols} FROM _all_contexts "
                      f"WHERE {tables.logs_where}depth = {depth}")
         joins.append(f"LEFT JOIN ({grain}) AS v{depth} ON v{depth}.tstamp = r.tstamp")
         for k in reversed(outer):
@@ -109,7 +110,7 @@ def _scan_joins(per_depth: dict[int, list[NameInfo]], depth: int, dim_exprs: lis
 def _parent_joins(per_depth: dict[int, list[NameInfo]], depth: int,
                   dim_levels: dict[str, list[int]], alias: dict[int, str],
                   tables: _Tables) -> str:
-    """Grain deeper than the ancestor columns reach: walk `_contexts` up by `parent_id`."""
+    """Grain deeper than the ancestor columns reach: walk the contexts up by `parent_id`."""
     # context levels to join: those holding a referenced dim or an outer value, and all between
     needed = {k for ks in dim_levels.values() for k in ks}
     needed |= {k for k in range(1, depth) if per_depth[k]}
