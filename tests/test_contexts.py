@@ -27,7 +27,7 @@ def decoded_contexts(run_dir: Path) -> list[tuple]:
     """The run's contexts as its parts define them, each once."""
     found = set()
     for part in sorted((run_dir / "parts").iterdir()):
-        batch = RowBatch(tstamp="2026-01-01T00:00:00.000000")
+        batch = RowBatch(tstamp="2026-01-01T00:00:00.000000", paths=True)
         rows_of_part(read_part(part), batch)
         found |= {row[:6] for row in batch.contexts}
     return sorted(found, key=lambda row: tuple((v is None, v) for v in row))

@@ -227,7 +227,7 @@ def test_a_step_logged_again_after_an_inner_loop_is_one_context(tmp_path) -> Non
         run.log("b", 3.0)
     doc = run.read_back(tmp_path)
     run.check(doc)
-    batch = RowBatch(tstamp="2026-01-01 00:00:00")
+    batch = RowBatch(tstamp="2026-01-01 00:00:00", paths=True)
     rows_of_part(doc, batch, {})
     assert sorted(c[2] for c in batch.contexts) == sorted(
         ["", "epoch=0", "epoch=1", *(f"epoch={e}/step={k}" for e in range(2) for k in range(3))])
@@ -248,7 +248,7 @@ def test_a_part_that_starts_mid_epoch_defines_the_epoch_again(tmp_path) -> None:
     epoch = (None, "epoch", 3)
     records = [((epoch, "step", i), "loss", float(i)) for i in range(4, 6)]
     doc = read_part(_write(tmp_path, encode_part(records, [], [], "forward", 2)))
-    batch = RowBatch(tstamp="2026-01-01 00:00:00")
+    batch = RowBatch(tstamp="2026-01-01 00:00:00", paths=True)
     rows_of_part(doc, batch, {})
     assert [c[2] for c in batch.contexts] == ["", "epoch=3", "epoch=3/step=4", "epoch=3/step=5"]
 

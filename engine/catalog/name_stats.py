@@ -176,7 +176,8 @@ def _merge_loops(con: Any, tstamp: str, keys: RecordKeys,
     found = set(deep_loops)
     for k, loop in keys.loops:
         inside = loop[(keys.depth >= k) & (loop >= 0)]
-        found |= {(keys.loop_names[i], k) for i in np.unique(inside).tolist()}
+        found |= {(keys.loop_names[i], k)
+                  for i in np.flatnonzero(np.bincount(inside)).tolist()}  # small indices
     if not found:
         return
     known = set(con.execute("SELECT loop_name, depth FROM _loop_stats WHERE tstamp = "

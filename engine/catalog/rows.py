@@ -72,6 +72,7 @@ class RowBatch:
 
     tstamp: str
     source: str = "forward"
+    paths: bool = False  # build every context's path, also where `_all_contexts` derives it
     iterations: list[tuple] = field(default_factory=list)
     count: int = 0  # records
     _records: list[dict] = field(default_factory=list, repr=False)
@@ -138,17 +139,14 @@ class RowBatch:
                     ("ctx_id", "depth", "parent_id", "loop_name", "iteration",
                      *(f"{c}_{k}" for k in levels for c in ("loop", "iter", "ctx")))}
         ids = contexts["ctx_id"]
-        ordered = np.sort(ids)
-        repeated = bool((ordered[1:] == ordered[:-1]).any())  # a context several parts define
-        canonical = _first_rows(ids) if repeated else None
+        keep, canonical = _first_definitions(ids)  # a context several parts define: once
         logs, keys = self._log_table(contexts, np.cumsum([len(p["ctx_id"]) for p in pieces]),
                                      levels, canonical)
         if not self._contexts:
             return logs, None, keys, None
         paths = pa.concat_arrays([p["path"] for p in pieces])
         rows = np.arange(len(ids))
-        if repeated:
-            keep = _first_occurrences(ids, ordered)
+        if keep is not None:
             rows = np.flatnonzero(keep)
             contexts = {key: column[keep] for key, column in contexts.items()}
             paths = paths.filter(pa.array(keep))
@@ -254,15 +252,23 @@ def _dictionary(indices: np.ndarray, values: pa.Array, mask: np.ndarray | None =
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=mask), values, safe=False)
 
 
-def _first_occurrences(ids: np.ndarray, ordered: np.ndarray) -> np.ndarray:
-    """A mask of the rows whose id no earlier row has (`ordered`: the ids, sorted)."""
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+def _first_definitions(ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Where some ids repeat (a context defined again by a later part): a mask of the rows
+    whose id no earlier row has, and each row's first row of its id; (None, None) otherwise.
+    Repeats are few (the contexts open at a part's start), so only they are looked up."""
+    ordered = np.sort(ids)
+    twice = ordered[1:] == ordered[:-1]
+    if not twice.any():
+        return None, None
+    repeated = np.unique(ordered[1:][twice])
     candidates = np.flatnonzero(np.isin(ids, repeated))
-    _, first = np.unique(ids[candidates], return_index=True)
+    _, first, which = np.unique(ids[candidates], return_index=True, return_inverse=True)
     keep = np.ones(len(ids), bool)
     keep[candidates] = False
     keep[candidates[first]] = True
-    return keep
+    canonical = np.arange(len(ids))
+    canonical[candidates] = candidates[first][which]
+    return keep, canonical
 
 
 def _stored_ids(con: Any, contexts: pa.Table | None, tstamp: str) -> np.ndarray:
@@ -321,18 +327,6 @@ def _unclaimed(context_rows: np.ndarray, claimed: np.ndarray) -> pa.Array:
     return pa.array(~taken[context_rows])
 
 
-def _first_rows(ids: np.ndarray) -> np.ndarray:
-    """Each row's first row with the same id."""
-    order = np.argsort(ids, kind="stable")
-    ordered = ids[order]
-    starts = np.ones(len(ids), bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
-    first = order[starts][np.cumsum(starts) - 1]  # each sorted row's first row of its id
-    out = np.empty(len(ids), np.int64)
-    out[order] = first
-    return out
-
-
 def _append(con: Any, sink: SegmentSink | None, table: str, rows: pa.Table) -> None:
     if not rows.num_rows:
         return
@@ -349,7 +343,7 @@ def rows_of_part(part: Part, batch: RowBatch, ctx_map: object = None) -> None:
     try:
         header, cols = part.header, part.cols
         loops = batch._indices(batch._loops, header["loops"])
-        contexts = _Contexts(header["loops"], loops, cols)
+        contexts = _Contexts(header["loops"], loops, cols, batch.paths)
         base = int(header["seq"]) * ORD_STRIDE
         records = _record_rows(header, cols, batch._indices(batch._names, header["names"]),
                                base)
@@ -373,7 +367,8 @@ class _Contexts:
     Contexts come in runs of one parent and loop (the steps of an epoch): what depends on the
     parent and the loop only (the id's base, the path's prefix) is computed once per run."""
 
-    def __init__(self, loop_names: list[str], loop_index: np.ndarray, cols: dict) -> None:
+    def __init__(self, loop_names: list[str], loop_index: np.ndarray, cols: dict,
+                 paths: bool = False) -> None:
         n = len(cols["parent"])
         hashes = np.array([loop_hash(name) for name in loop_names], dtype=np.uint64)
         prefixes = pa.array([f"{name}=" for name in loop_names], pa.string())
@@ -395,6 +390,9 @@ class _Contexts:
             self.order = np.argsort(self.depth[1:], kind="stable") + 1
             selections = [self.order[e - z - 1:e - 1] for z, e in zip(sizes, ends, strict=True)]
         self.paths: list[pa.Array] = []
+        # paths to depth 3 are derived by `_all_contexts` from the ancestor columns (NULL
+        # here); a part with deeper contexts builds them all, as a deep one needs its parent's
+        self.with_paths = paths or levels > ANCESTOR_LEVELS
         rank = np.zeros(n + 1, np.int64)  # position of a context within its level
         for level, sel in enumerate(selections, start=1):
             par, loop, iteration = self.parent[sel], local_loop[sel], self.iteration[sel]
@@ -408,17 +406,26 @@ class _Contexts:
                 for column, own in zip(self.anc[level - 1], (self.loop, self.iteration,
                                                              self.ids), strict=True):
                     column[sel] = own[sel]
-            prefix = prefixes.take(runs.first(loop))
-            if self.paths:
-                prefix = pc.binary_join_element_wise(
-                    self.paths[-1].take(rank[runs.first(par)]), prefix, "/")
-            self.paths.append(runs.prefixed(prefix, pa.array(iteration).cast(pa.string())))
-            rank[sel] = np.arange(len(par))
+            if self.with_paths:
+                self._add_paths(runs, prefixes.take(runs.first(loop)), rank[runs.first(par)],
+                                iteration)
+                rank[sel] = np.arange(len(par))
+
+    def _add_paths(self, runs: _Runs, prefix: pa.Array, parent_rank: np.ndarray,
+                   iteration: np.ndarray) -> None:
+        """The paths of one level: each behind its parent's (by its rank in the level above)."""
+        if self.paths:
+            prefix = pc.binary_join_element_wise(self.paths[-1].take(parent_rank), prefix, "/")
+        self.paths.append(runs.prefixed(prefix, pa.array(iteration).cast(pa.string())))
 
     def rows(self) -> dict:
         """The part's definitions as rows for `_contexts`, in the part's order."""
-        paths = (pa.concat_arrays(self.paths) if self.paths else pa.array([], pa.string()))
-        if isinstance(self.order, np.ndarray):  # built level by level: back to the part's order
+        count = len(self.ids) - 1
+        if not self.with_paths:
+            paths = pa.nulls(count, pa.string())
+        else:
+            paths = pa.concat_arrays(self.paths) if self.paths else pa.array([], pa.string())
+        if self.with_paths and isinstance(self.order, np.ndarray):  # back to the part's order
             position = np.empty(len(self.order), np.int64)
             position[self.order - 1] = np.arange(len(self.order))
             paths = paths.take(position)

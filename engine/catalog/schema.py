@@ -38,8 +38,14 @@ CREATE TABLE IF NOT EXISTS _contexts (
 );
 -- A context at depth 1..3 with records of its own is not stored in _contexts: its first record
 -- stands for it (`defines_ctx`), and its columns are that record's ancestor columns.
+-- Paths to depth 3 are derived from the ancestor columns where the ingest left them NULL.
 CREATE OR REPLACE VIEW _all_contexts AS
-SELECT * EXCLUDE (_seg) FROM _contexts
+SELECT tstamp, ctx_id, depth,
+       coalesce(path, concat_ws('/', loop_1 || '=' || iter_1, loop_2 || '=' || iter_2,
+                                loop_3 || '=' || iter_3)) AS path,
+       parent_id, loop_name, iteration, loop_1, iter_1, ctx_1, loop_2, iter_2, ctx_2,
+       loop_3, iter_3, ctx_3
+FROM _contexts
 UNION ALL
 SELECT tstamp, ctx_id, depth,
        concat_ws('/', loop_1 || '=' || iter_1, loop_2 || '=' || iter_2,
