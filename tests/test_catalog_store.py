@@ -386,3 +386,21 @@ def test_segments_an_older_version_wrote_in_parquet_still_load(tmp_path: Path) -
     (catalog / "manifest.json").write_text(json.dumps(manifest))
     with florsql.connect(repo) as loaded:
         assert _rows(loaded) == mine
+
+
+def test_a_segment_writer_that_fails_leaves_the_rows_to_the_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from florsql.engine.catalog import sink
+
+    def broken(self, table, rows):
+        raise ValueError("a fault injected into the segment writer")
+
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    run_script(repo, "train.py", "--flor", "a")
+    monkeypatch.setattr(sink.SegmentSink, "_append", broken)
+    with florsql.connect(repo) as ingested:
+        mine = _rows(ingested)
+    monkeypatch.undo()
+    with florsql.connect(repo) as loaded:  # what the export published instead
+        assert _rows(loaded) == mine
+    assert len(mine["logs"]) == LOSSES_PER_RUN + 3 and _leftovers(repo) == []

@@ -213,11 +213,10 @@ class Store:
             f"(SELECT count(*) FROM {t} WHERE _seg = {int(version)})" for t in SEGMENTED)
         ).fetchall()[0], strict=True))
         if sink is not None:
-            if sink.rows() == {t: n for t, n in pending.items() if n}:
-                written = sink.finish()
+            written = _finished(sink, {t: n for t, n in pending.items() if n})
+            if written is not None:
                 return [Segment(version, *written[t]) if t in written else None
                         for t in SEGMENTED]
-            sink.discard()  # rows were rolled back or dropped again: export what is there
         database = con.execute("SELECT current_database()").fetchall()[0][0]
         if sum(pending.values()) > _PARALLEL_ROWS:
             return [self._write_segment(_cursor(con, database), t, version) for t in SEGMENTED]
@@ -321,6 +320,21 @@ class Store:
         _fsync_dir(self.dir)
         write_atomic(self.manifest_path, new.to_json())
         _fsync_dir(self.dir)
+
+
+def _finished(sink: SegmentSink, pending: dict[str, int]) -> dict[str, tuple[str, int]] | None:
+    """The sink's files, when they hold exactly the rows pending; else None (discarded), and
+    the rows are exported from the mirror: rows rolled back or dropped again, or a sink that
+    failed on anything but the disk (an OSError, a full disk say, fails the publish)."""
+    if sink.rows() != pending:
+        sink.discard()
+        return None
+    try:
+        return sink.finish()
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001  (the export below needs no sink)
+        return None
 
 
 def _digest(tables: dict[str, pa.Table]) -> str:
