@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 from sqlglot import exp
 
+from ..catalog.definitions import ANCESTOR_LEVELS
 from ..catalog.names import IDENTITY_COLUMNS, HistorySchema, NameInfo
-from ..catalog.rows import ANCESTOR_LEVELS
 
 # Forward records outrank replay records; then the later record wins.
 _ORDER_KEY = "CASE WHEN source = 'forward' THEN ord + 4611686018427387904 ELSE ord END"

@@ -1,0 +1,313 @@
+"""A batch's loop contexts, from the definitions in its record parts (parts.py), as arrays.
+
+    PartContexts(loop_names, loop_index, cols)   one part's contexts: catalog ids, depths,
+                                                 ancestors at depths 1..3 (and paths when asked)
+    Definitions(pieces, levels)                  the run level, then every part's, numbered in
+                                                 that order: a record's columns gathered from
+                                                 its own part, `_contexts` rows for those kept
+
+Context ids are a function of the context's path (parts.py), so no part needs the catalog's
+contexts. Everything is computed level by level over whole arrays, never a Python step per
+context: contexts come in runs of one parent and loop (the steps of an epoch), and what depends
+on the parent and the loop only (the id's base, the path's prefix) is computed once per run.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .parts import context_base, loop_hash, with_iteration
+
+ANCESTOR_LEVELS = 3  # rows carry loop_k, iter_k, ctx_k for k = 1..ANCESTOR_LEVELS
+ANCESTOR_COLUMNS = tuple(f"{c}_{k}" for k in range(1, ANCESTOR_LEVELS + 1)
+                         for c in ("loop", "iter", "ctx"))
+CTX_COLUMNS = ("ctx_id", "depth", "path", "parent_id", "loop_name", "iteration",
+               *ANCESTOR_COLUMNS)
+TEXT_DICT = pa.dictionary(pa.int32(), pa.string())
+ANCESTOR_FIELDS = [f for k in range(1, ANCESTOR_LEVELS + 1)
+                   for f in (pa.field(f"loop_{k}", TEXT_DICT), pa.field(f"iter_{k}", pa.int64()),
+                             pa.field(f"ctx_{k}", pa.int64()))]
+CTX_SCHEMA = pa.schema([
+    pa.field("ctx_id", pa.int64()), pa.field("depth", pa.int32()),
+    pa.field("path", pa.string()), pa.field("parent_id", pa.int64()),
+    pa.field("loop_name", TEXT_DICT), pa.field("iteration", pa.int64()), *ANCESTOR_FIELDS])
+
+
+def ancestor_arrays(columns: dict, levels: list[int], size: int,
+               loop_values: pa.Array) -> list[pa.Array]:
+    """The `loop_k`, `iter_k`, `ctx_k` columns (k = 1..3) from their numpy arrays."""
+    out = []
+    for k in range(1, ANCESTOR_LEVELS + 1):
+        if k not in levels:
+            out += [pa.nulls(size, TEXT_DICT), pa.nulls(size, pa.int64()),
+                    pa.nulls(size, pa.int64())]
+            continue
+        loop = columns[f"loop_{k}"]
+        null = loop < 0
+        mask = null if null.any() else None
+        out += [dictionary(loop, loop_values, mask),
+                pa.array(columns[f"iter_{k}"], mask=mask),
+                pa.array(columns[f"ctx_{k}"], mask=mask)]
+    return out
+
+
+class Definitions:
+    """A batch's context definitions: the run level, then each part's, numbered in that order
+    (`ends`: where each piece ends). Only the ids are joined; a record's context columns are
+    taken from its own part's arrays, and a table is built for the few rows it needs."""
+
+    def __init__(self, pieces: list[dict], levels: list[int]) -> None:
+        self.pieces, self.levels = pieces, levels
+        self.ends = np.cumsum([len(p["ctx_id"]) for p in pieces])
+        self.ids = concat_pieces(pieces, "ctx_id")
+        # a context several parts define is stored once, and counted as its first row
+        self.keep, self.canonical = _first_definitions(self.ids)
+
+    def record_keys(self) -> list[str]:
+        return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels
+                                     for c in ("loop", "iter", "ctx"))]
+
+    def gather(self, key: str, records: list[dict], count: int) -> np.ndarray:
+        """Each record's `key`, from its context's definition (run level for local id 0)."""
+        top = _value_at_run_level(key)
+        out = np.empty(count, top.dtype)
+        start = 0
+        for piece in records:
+            stop = start + piece["size"]
+            part, ctx = piece["part"], piece["ctx"]
+            source = None if part < 0 else self.pieces[part + 1].get(key)
+            if part < 0 or not len(self.pieces[part + 1]["ctx_id"]):
+                out[start:stop] = top[0]
+            elif source is None:  # this part reaches no such depth
+                out[start:stop] = no_ancestor(key, 1)[0]
+            else:
+                np.take(source, ctx.astype(np.int64) - 1, out=out[start:stop], mode="clip")
+                at_top = ctx == 0
+                if at_top.any():
+                    out[start:stop][at_top] = top[0]
+            start = stop
+        return out
+
+    def kept_rows(self) -> np.ndarray:
+        return np.arange(len(self.ids)) if self.keep is None else np.flatnonzero(self.keep)
+
+    def stored_rows(self, claimed: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """The rows `_contexts` gets: each context once, unless a record stands for it
+        (`claimed`: rows) or the catalog holds it already (`known`: ids)."""
+        stored = np.ones(len(self.ids), bool) if self.keep is None else self.keep.copy()
+        stored[claimed] = False
+        if len(known):
+            stored &= ~np.isin(self.ids, known)
+        return np.flatnonzero(stored)
+
+    def table(self, rows: np.ndarray, loop_values: pa.Array) -> pa.Table:
+        """The `_contexts` rows of the definitions at `rows` (ascending)."""
+        cuts = np.searchsorted(rows, np.concatenate([[0], self.ends]))
+        local = [rows[a:b] - (end - len(p["ctx_id"]))
+                 for p, a, b, end in zip(self.pieces, cuts[:-1], cuts[1:], self.ends, strict=True)]
+        cols = {key: np.concatenate([p[key][i] if key in p else no_ancestor(key, len(i))
+                                     for p, i in zip(self.pieces, local, strict=True)])
+                for key in ("ctx_id", "depth", "parent_id", "loop_name", "iteration",
+                            *self.record_keys()[2:])}
+        paths = pa.concat_arrays([p["path"].take(i) for p, i in zip(self.pieces, local,
+                                                                     strict=True)])
+        top = cols["depth"] == 0
+        loop = cols["loop_name"]
+        return pa.Table.from_arrays(
+            [pa.array(cols["ctx_id"]), pa.array(cols["depth"]), paths,
+             pa.array(cols["parent_id"], mask=top), dictionary(loop, loop_values, loop < 0),
+             pa.array(cols["iteration"], mask=top),
+             *ancestor_arrays(cols, self.levels, len(loop), loop_values)], schema=CTX_SCHEMA)
+
+
+def _value_at_run_level(key: str) -> np.ndarray:
+    return RUN_LEVEL[key] if key in RUN_LEVEL else no_ancestor(key, 1)
+
+
+RUN_LEVEL = {  # the run level's row of `_contexts`
+    "ctx_id": np.zeros(1, np.int64), "depth": np.zeros(1, np.int32),
+    "path": pa.array([""], pa.string()), "parent_id": np.zeros(1, np.int64),
+    "loop_name": np.full(1, -1, np.int32), "iteration": np.zeros(1, np.int64)}
+
+
+def concat_pieces(pieces: list[dict], key: str) -> np.ndarray:
+    """A column of the pieces, joined; an ancestor column a piece lacks is NULL there."""
+    arrays = [p[key] if key in p else no_ancestor(key, len(p["ctx_id"])) for p in pieces]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def no_ancestor(key: str, size: int) -> np.ndarray:
+    return np.full(size, -1, np.int32) if key.startswith("loop_") else np.zeros(size, np.int64)
+
+
+def dictionary(indices: np.ndarray, values: pa.Array, mask: np.ndarray | None = None
+                ) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=mask), values, safe=False)
+
+
+def _first_definitions(ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Where some ids repeat (a context defined again by a later part): a mask of the rows
+    whose id no earlier row has, and each row's first row of its id; (None, None) otherwise.
+    Repeats are few (the contexts open at a part's start), so only they are looked up."""
+    ordered = np.sort(ids)
+    twice = ordered[1:] == ordered[:-1]
+    if not twice.any():
+        return None, None
+    repeated = np.unique(ordered[1:][twice])
+    candidates = np.flatnonzero(np.isin(ids, repeated))
+    _, first, which = np.unique(ids[candidates], return_index=True, return_inverse=True)
+    keep = np.ones(len(ids), bool)
+    keep[candidates] = False
+    keep[candidates[first]] = True
+    canonical = np.arange(len(ids))
+    canonical[candidates] = candidates[first][which]
+    return keep, canonical
+
+
+class PartContexts:
+    """The contexts of one part, indexed by local id (0 = run level): catalog ids, depths and
+    ancestors at depths 1..3 (loop names as the batch's indices), computed level by level.
+    Contexts come in runs of one parent and loop (the steps of an epoch): what depends on the
+    parent and the loop only (the id's base, the path's prefix) is computed once per run."""
+
+    def __init__(self, loop_names: list[str], loop_index: np.ndarray, cols: dict,
+                 paths: bool = False) -> None:
+        n = len(cols["parent"])
+        hashes = np.array([loop_hash(name) for name in loop_names], dtype=np.uint64)
+        prefixes = pa.array([f"{name}=" for name in loop_names], pa.string())
+        self.parent = _after_run_level(cols["parent"], 0)
+        local_loop = _after_run_level(cols["loop"], -1)
+        self.loop = loop_index[local_loop]  # the batch's index; -1 at the run level
+        self.iteration = _after_run_level(cols["iteration"], 0)
+        self.depth = _depths(self.parent)
+        levels = int(self.depth.max()) if n else 0
+        self.ids = np.zeros(n + 1, np.int64)
+        self.anc = [(np.full(n + 1, -1, np.int32), np.zeros(n + 1, np.int64),
+                     np.zeros(n + 1, np.int64)) for _ in range(min(levels, ANCESTOR_LEVELS))]
+        sizes = np.bincount(self.depth[1:], minlength=levels + 1)[1:] if n else []
+        ends = np.cumsum(sizes) + 1
+        if n and not np.any(self.depth[2:] < self.depth[1:-1]):  # already level by level
+            self.order: slice | np.ndarray = slice(1, None)
+            selections = [slice(int(e - z), int(e)) for z, e in zip(sizes, ends, strict=True)]
+        else:
+            self.order = np.argsort(self.depth[1:], kind="stable") + 1
+            selections = [self.order[e - z - 1:e - 1] for z, e in zip(sizes, ends, strict=True)]
+        self.paths: list[pa.Array] = []
+        # paths to depth 3 are derived by `_all_contexts` from the ancestor columns (NULL
+        # here); a part with deeper contexts builds them all, as a deep one needs its parent's
+        self.with_paths = paths or levels > ANCESTOR_LEVELS
+        rank = np.zeros(n + 1, np.int64)  # position of a context within its level
+        for level, sel in enumerate(selections, start=1):
+            par, loop, iteration = self.parent[sel], local_loop[sel], self.iteration[sel]
+            runs = _Runs(par, loop)
+            base = context_base(self.ids[runs.first(par)], hashes[runs.first(loop)])
+            self.ids[sel] = with_iteration(runs.expand(base), iteration)
+            for k in range(min(level - 1, ANCESTOR_LEVELS)):  # outer ancestors: the parent's
+                for column in self.anc[k]:
+                    column[sel] = column[par]
+            if level <= ANCESTOR_LEVELS:  # itself
+                for column, own in zip(self.anc[level - 1], (self.loop, self.iteration,
+                                                             self.ids), strict=True):
+                    column[sel] = own[sel]
+            if self.with_paths:
+                self._add_paths(runs, prefixes.take(runs.first(loop)), rank[runs.first(par)],
+                                iteration)
+                rank[sel] = np.arange(len(par))
+
+    def _add_paths(self, runs: _Runs, prefix: pa.Array, parent_rank: np.ndarray,
+                   iteration: np.ndarray) -> None:
+        """The paths of one level: each behind its parent's (by its rank in the level above)."""
+        if self.paths:
+            prefix = pc.binary_join_element_wise(self.paths[-1].take(parent_rank), prefix, "/")
+        self.paths.append(runs.prefixed(prefix, pa.array(iteration).cast(pa.string())))
+
+    def rows(self) -> dict:
+        """The part's definitions as rows for `_contexts`, in the part's order."""
+        count = len(self.ids) - 1
+        if not self.with_paths:
+            paths = pa.nulls(count, pa.string())
+        else:
+            paths = pa.concat_arrays(self.paths) if self.paths else pa.array([], pa.string())
+        if self.with_paths and isinstance(self.order, np.ndarray):  # back to the part's order
+            position = np.empty(len(self.order), np.int64)
+            position[self.order - 1] = np.arange(len(self.order))
+            paths = paths.take(position)
+        local = slice(1, None)
+        out = {"ctx_id": self.ids[local], "depth": self.depth[local], "path": paths,
+               "parent_id": self.ids[self.parent[local]], "loop_name": self.loop[local],
+               "iteration": self.iteration[local]}
+        for k, columns in enumerate(self.anc, start=1):
+            for name, column in zip(("loop", "iter", "ctx"), columns, strict=True):
+                out[f"{name}_{k}"] = column[local]
+        return out
+
+
+def _after_run_level(column: np.ndarray, run_level: int) -> np.ndarray:
+    """`column` (one item per context definition) as int64, behind the run level's item."""
+    out = np.empty(len(column) + 1, np.int64)
+    out[0] = run_level
+    out[1:] = column
+    return out
+
+
+class _Runs:
+    """Consecutive items of one level that share their parent and loop."""
+
+    _FEW = 32  # up to this many runs, a path prefix is inserted run by run
+
+    def __init__(self, parent: np.ndarray, loop: np.ndarray) -> None:
+        size = len(parent)
+        change = np.empty(size, bool)
+        change[:1] = True
+        np.not_equal(parent[1:], parent[:-1], out=change[1:])
+        change[1:] |= loop[1:] != loop[:-1]
+        self.starts = np.flatnonzero(change)
+        self.size = size
+        self._change = change
+
+    def first(self, column: np.ndarray) -> np.ndarray:
+        """Each run's value of a column constant within runs."""
+        return column[self.starts]
+
+    def expand(self, per_run: np.ndarray) -> np.ndarray:
+        """A value per run, repeated for each item (one run: broadcast)."""
+        if len(self.starts) in (1, self.size):
+            return per_run
+        return per_run[np.cumsum(self._change) - 1]
+
+    def prefixed(self, per_run: pa.Array, texts: pa.Array) -> pa.Array:
+        """`texts`, each behind its run's prefix."""
+        if len(self.starts) > self._FEW:
+            if len(self.starts) < self.size:
+                per_run = per_run.take(np.cumsum(self._change) - 1)
+            return pc.binary_join_element_wise(per_run, texts, "")
+        bounds = itertools.pairwise([*self.starts.tolist(), self.size])
+        return pa.concat_arrays([
+            pc.utf8_replace_slice(texts.slice(a, b - a), 0, 0, per_run[i].as_py())
+            for i, (a, b) in enumerate(bounds)])
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Each context's depth (0 = run level): `depth = depth[parent] + 1` to its fixed point
+    (one pass per level), or by pointer jumping, O(n log depth), for deeply nested parts."""
+    depth = np.zeros(len(parent), np.int32)
+    for _ in range(8):
+        deeper = depth[parent] + 1
+        deeper[0] = 0
+        if np.array_equal(deeper, depth):
+            return depth
+        depth = deeper
+    depth = np.ones(len(parent), np.int32)
+    depth[0] = 0
+    up = parent.copy()
+    while True:
+        live = np.flatnonzero(up)
+        if not len(live):
+            return depth
+        target = up[live]
+        depth[live] += depth[target]
+        up[live] = up[target]
