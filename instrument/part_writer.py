@@ -59,6 +59,7 @@ class PartWriter(threading.Thread):
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._closed = False  # the last flush is done: the background thread writes no more
         self._seq = 0  # of the last part encoded and kept
         self._unwritten: deque[tuple[int, list, int, int]] = deque()  # seq, part, records, size
         self._unwritten_bytes = 0
@@ -74,7 +75,7 @@ class PartWriter(threading.Thread):
             self.wake.wait(FLUSH_SECONDS)
             self.wake.clear()
             try:
-                self.write_pending()
+                self.write_pending(background=True)
                 with contextlib.suppress(OSError):  # read-only: the write has said so
                     os.utime(self.heartbeat)
             except Exception as exc:  # noqa: BLE001 - the writer outlives every error
@@ -84,9 +85,13 @@ class PartWriter(threading.Thread):
         self._stopping.set()
         self.wake.set()
 
-    def write_pending(self) -> None:
-        """Encode what is queued, then write every part not yet written. Never raises."""
+    def write_pending(self, background: bool = False) -> None:
+        """Encode what is queued, then write every part not yet written. Never raises. The
+        background thread writes nothing once the run's last flush is done: the interpreter
+        may be exiting, and would kill it mid-write (a temporary part file left behind)."""
         with self._lock:
+            if background and self._closed:
+                return
             try:
                 self._encode_queued()
                 self._write_unwritten()
@@ -98,6 +103,7 @@ class PartWriter(threading.Thread):
         self.stop()
         self.write_pending()
         with self._lock:
+            self._closed = True
             lost = self.lost + sum(n for _, _, n, _ in self._unwritten)
             if lost:
                 self.warn_once("exit", f"flor: {lost} records of this run were not recorded: "

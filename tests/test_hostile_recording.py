@@ -159,6 +159,21 @@ def test_a_full_disk_is_one_warning_and_what_waited_is_written_once_there_is_roo
     assert _count(repo, "loss") == 800
 
 
+def test_the_writer_thread_writes_nothing_once_the_runs_last_flush_is_done(
+        tmp_path: Path) -> None:
+    # at exit the interpreter kills the daemon writer thread wherever it is: a write it began
+    # after the last flush would leave a temporary part file (seen under a full disk)
+    from flor.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "run", "forward")
+    recorder.extend((0, 0, "loss", 1.0))
+    recorder.close()
+    parts = sorted((tmp_path / "run" / "parts").iterdir())
+    recorder.extend((0, 0, "loss", 2.0))
+    recorder._writer.write_pending(background=True)  # the thread's late wake-up
+    assert len(parts) == 1 and sorted((tmp_path / "run" / "parts").iterdir()) == parts
+
+
 def test_records_beyond_the_memory_bound_are_dropped_and_counted_at_exit(
         tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = make_repo(tmp_path / "proj", {"train.py": FILLS_THE_DISK})
