@@ -43,8 +43,13 @@ _SYNC_ATTEMPTS = 8
 _UNREADABLE = (ValueError, OSError, duckdb.Error)
 CATALOG_DB = "catalog"  # the attached in-memory database holding the tables
 # Rows kept uncompressed before a checkpoint compresses them (~200 bytes a row until then, ~10
-# after): compressing costs ~1.5 us a row, so small ingests skip it and large ones stay bounded.
+# after): a long load or ingest compresses every COMPRESS_EVERY rows, so its memory stays
+# bounded, and what is left once it ends is compressed when it fills a row group (SETTLE_ROWS):
+# compressed rows are also quicker to query (dictionary-coded names are filtered once per
+# dictionary entry; epoch_avg over 1M records: 19-23 ms uncompressed, 14 ms compressed), for
+# ~0.35 s per 1M rows. A live run's small increments wait until they fill one.
 COMPRESS_EVERY = 2 << 20
+SETTLE_ROWS = 122_880
 _BATCH_ROWS = 1 << 20  # rows read from a segment at a time: bounds a reader's peak memory
 
 
@@ -209,6 +214,11 @@ class Mirror:
         """`rows` were inserted (by an ingest): compress once enough wait uncompressed."""
         self._uncompressed += rows
         if self._uncompressed >= COMPRESS_EVERY:
+            self.compress()
+
+    def settle(self) -> None:
+        """After a load or an ingest: compress what waits uncompressed, if a row group's worth."""
+        if self._uncompressed >= SETTLE_ROWS:
             self.compress()
 
     def compress(self) -> None:

@@ -137,6 +137,7 @@ class CatalogSession:
                         raise
                     self.mirror.publish(can_publish, sink)
                     pa.default_memory_pool().release_unused()  # the batches' Arrow buffers
+            self.mirror.settle()
             generation = self.con.execute(
                 "SELECT value FROM _meta WHERE key = 'names_generation'").fetchone()
             self._data_version = self.con.execute(
