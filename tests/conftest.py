@@ -114,6 +114,16 @@ def record_then_edit(path: Path, old: str, today: str, runs: Sequence[tuple[str,
     return repo
 
 
+def total_history(path: Path) -> Path:
+    """Two runs of TOTAL_SCRIPT (lr 0.1 and 0.3), then TOTAL_TODAY over train.py, uncommitted:
+    the executors' small history to replay `double` into."""
+    repo = make_repo(path, {"train.py": TOTAL_SCRIPT})
+    for lr in ("0.1", "0.3"):
+        run_script(repo, "train.py", "--kwargs", f"lr={lr}")
+    (repo / "train.py").write_text(TOTAL_TODAY)
+    return repo
+
+
 def run_script(repo: Path, script: str, *args: str, env: dict[str, str] | None = None,
                check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run `script` in `repo` with this interpreter (so `import flor` resolves)."""

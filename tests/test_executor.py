@@ -20,7 +20,7 @@ import pytest
 
 import flor
 import florsql
-from conftest import TOTAL_SCRIPT, TOTAL_TODAY, make_repo, run_script
+from conftest import TOTAL_SCRIPT, TOTAL_TODAY, run_script, total_history
 from florsql.engine import (
     CatalogSession,
     Executor,
@@ -84,11 +84,7 @@ class _InlineSubmission(Submission):
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
-    for lr in ("0.1", "0.3"):
-        run_script(repo, "train.py", "--kwargs", f"lr={lr}")
-    (repo / "train.py").write_text(TODAY)
-    return repo
+    return total_history(tmp_path / "proj")
 
 
 def test_a_replay_runs_on_an_executor_written_from_the_interface_alone(project: Path) -> None:

@@ -16,18 +16,14 @@ from pathlib import Path
 import pytest
 
 import florsql
-from conftest import TOTAL_SCRIPT, TOTAL_TODAY, make_repo, run_script
+from conftest import TOTAL_SCRIPT, TOTAL_TODAY, total_history
 
 SCRIPT, TODAY = TOTAL_SCRIPT, TOTAL_TODAY
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
-    for lr in ("0.1", "0.3"):
-        run_script(repo, "train.py", "--kwargs", f"lr={lr}")
-    (repo / "train.py").write_text(TODAY)
-    return repo
+    return total_history(tmp_path / "proj")
 
 
 def replayed(repo: Path) -> set[tuple]:
