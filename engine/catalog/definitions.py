@@ -71,22 +71,27 @@ class Definitions:
         return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels
                                      for c in ("loop", "iter", "ctx"))]
 
-    def gather(self, key: str, records: list[dict], count: int) -> np.ndarray:
-        """Each record's `key`, from its context's definition (run level for local id 0)."""
+    def gather(self, records: list[dict], count: int) -> dict[str, np.ndarray]:
+        """Each record's context columns (`record_keys`), from its context's definition in its
+        own part (the run level for local id 0); each piece's indices are worked out once."""
+        where = [None if p["part"] < 0 or not len(self.pieces[p["part"] + 1]["ctx_id"])
+                 else (p["ctx"].astype(np.int64) - 1, p["ctx"] == 0) for p in records]
+        return {key: self._gather(key, records, where, count) for key in self.record_keys()}
+
+    def _gather(self, key: str, records: list[dict], where: list, count: int) -> np.ndarray:
         top = _value_at_run_level(key)
         out = np.empty(count, top.dtype)
         start = 0
-        for piece in records:
+        for piece, at in zip(records, where, strict=True):
             stop = start + piece["size"]
-            part, ctx = piece["part"], piece["ctx"]
-            source = None if part < 0 else self.pieces[part + 1].get(key)
-            if part < 0 or not len(self.pieces[part + 1]["ctx_id"]):
+            source = None if at is None else self.pieces[piece["part"] + 1].get(key)
+            if at is None:  # the run level's records, or a part defining no context
                 out[start:stop] = top[0]
             elif source is None:  # this part reaches no such depth
                 out[start:stop] = no_ancestor(key, 1)[0]
             else:
-                np.take(source, ctx.astype(np.int64) - 1, out=out[start:stop], mode="clip")
-                at_top = ctx == 0
+                index, at_top = at
+                np.take(source, index, out=out[start:stop], mode="clip")
                 if at_top.any():
                     out[start:stop][at_top] = top[0]
             start = stop

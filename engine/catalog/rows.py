@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .definitions import (
-    ANCESTOR_COLUMNS,
     ANCESTOR_FIELDS,
     ANCESTOR_LEVELS,
     CTX_COLUMNS,
@@ -44,8 +43,6 @@ _TYPES = ("float", "int", "bool", "str", "json", "null")  # value_type's diction
 _TYPE_INDEX = {t: i for i, t in enumerate(_TYPES)}
 _KINDS = ("log", "arg")
 _SMALL_DICT = pa.dictionary(pa.int8(), pa.string())
-LOG_COLUMNS = ("ctx_id", "depth", "value_name", "value_type", "value_num", "value_text",
-               "kind", "ord", *ANCESTOR_COLUMNS)
 LOG_SCHEMA = pa.schema([
     pa.field("ctx_id", pa.int64()), pa.field("depth", pa.int32()),
     pa.field("value_name", TEXT_DICT), pa.field("value_type", _SMALL_DICT),
@@ -157,8 +154,7 @@ class RowBatch:
             start = stop
         cat = functools.partial(concat_pieces, pieces)
         text = [p["value_text"] for p in pieces]
-        gathered = {key: definitions.gather(key, pieces, self.count)
-                    for key in definitions.record_keys()}
+        gathered = definitions.gather(pieces, self.count)
         name, value_type, num, kind = (cat("value_name"), cat("value_type"), cat("value_num"),
                                        cat("kind"))
         texts = None if all(t is None for t in text) else pa.concat_arrays(
