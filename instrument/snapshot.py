@@ -74,7 +74,11 @@ def snapshot_worktree(repo_root: Path, script: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="flor-index-") as tmp:
         index = Path(tmp) / "index"
         if (git_dir / "index").exists():
-            shutil.copyfile(git_dir / "index", index)
+            # copy2 keeps the index's mtime: git trusts an entry whose stat is unchanged unless
+            # the file is as new as the index ("racy git"), so a copy stamped now would hide a
+            # tracked file rewritten, at the same size, within the clock tick of the user's
+            # last `git add` or commit (seen once: a vid with util.py's committed content)
+            shutil.copy2(git_dir / "index", index)
         env = {"GIT_INDEX_FILE": str(index)}
         _git(["add", "-u", "--", "."], cwd=repo_root, env=env)
         _add_untracked(repo_root, env, script)
