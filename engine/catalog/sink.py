@@ -35,7 +35,9 @@ from flor.housekeeping import temp_path
 
 SEGMENT_SUFFIX = ".arrow"
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
-_QUEUED_TABLES = 1  # tables waiting for the writer: bounds the memory a long backlog holds
+# Rows waiting for the writer beyond which `write` waits: bounds the memory a long backlog holds,
+# while the small tables that follow a large one never wait for it to be written.
+_QUEUED_ROWS = 2 << 20
 
 
 def segment_name(version: int, table: str, extra: str = "") -> str:
@@ -66,7 +68,9 @@ class SegmentSink:
     directory: Path
     version: int
     _open: dict[str, _Open] = field(default_factory=dict)
-    _queue: queue.Queue = field(default_factory=lambda: queue.Queue(_QUEUED_TABLES))
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _queued: int = 0  # rows handed over, not written yet
+    _written: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
     _error: BaseException | None = None
     _rows: dict[str, int] = field(default_factory=dict)  # handed to write(), per table
@@ -80,6 +84,9 @@ class SegmentSink:
                                             daemon=True)
             self._thread.start()
         self._rows[table] = self._rows.get(table, 0) + rows.num_rows
+        with self._written:
+            self._written.wait_for(lambda: self._queued <= _QUEUED_ROWS)
+            self._queued += rows.num_rows
         self._queue.put((table, rows))
 
     def rows(self) -> dict[str, int]:
@@ -130,13 +137,16 @@ class SegmentSink:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep taking tables, so the ingest never blocks on a full queue
             table, rows = item
             try:
-                self._append(table, rows)
+                if self._error is None:  # after one, tables are taken, so write never waits
+                    self._append(table, rows)
             except BaseException as exc:  # a full disk, say: raised by finish()
                 self._error = exc
+            finally:
+                with self._written:
+                    self._queued -= rows.num_rows
+                    self._written.notify_all()
 
     def _append(self, table: str, rows: pa.Table) -> None:
         stream = self._open.get(table)
