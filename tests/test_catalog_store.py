@@ -413,12 +413,14 @@ def test_an_ingest_of_a_row_group_or_more_leaves_its_rows_compressed(tmp_path: P
     small = big.replace("130_000", "1_000")
     repo = make_repo(tmp_path / "proj", {"train.py": small, "big.py": big})
     run_script(repo, "train.py")
-    sql = ("SELECT DISTINCT compression FROM pragma_storage_info('_logs') "
+    sql = ("SELECT DISTINCT compression FROM pragma_storage_info('_log_rows') "
            "WHERE column_name = 'value_name' AND segment_type = 'VARCHAR'")
     with florsql.connect(repo) as conn:
         conn.refresh()
         assert ("Uncompressed",) in conn.session.con.execute(sql).fetchall()  # a few rows wait
         run_script(repo, "big.py")
         conn.refresh()
+        assert conn.execute(COUNTS).fetchone()[0] == 131_000  # at once, from the tail or not
+        conn.session.mirror.quiesce()  # the fold into DuckDB's table, and its compression
         assert ("Uncompressed",) not in conn.session.con.execute(sql).fetchall()
         assert conn.execute(COUNTS).fetchone()[0] == 131_000

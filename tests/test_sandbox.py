@@ -79,10 +79,11 @@ ATTEMPTS = [
     ("allow-dirs", "SET allowed_directories = ['/']", LOCKED),
     ("create-table", "CREATE TABLE notes AS SELECT 1 AS x", "CREATE " + WRITES),
     ("insert", "INSERT INTO runs (runid) VALUES ('ghost')", "INSERT " + WRITES),
-    ("delete", "DELETE FROM _logs", "DELETE " + WRITES),  # the table under the view
+    ("delete", "DELETE FROM _log_rows", "DELETE " + WRITES),  # the table under `_logs`
+    ("delete-tail", "DELETE FROM _tail_pieces", "DELETE " + WRITES),  # which tail rows count
     ("temp-table", "CREATE TEMP TABLE scratch AS SELECT 1 AS x", "CREATE " + WRITES),
     ("explain-temp", "EXPLAIN ANALYZE CREATE TEMP TABLE scratch AS SELECT 1", "CREATE " + WRITES),
-    ("explain-delete", "EXPLAIN ANALYZE DELETE FROM _logs", "DELETE " + WRITES),
+    ("explain-delete", "EXPLAIN ANALYZE DELETE FROM _log_rows", "DELETE " + WRITES),
     ("commit-then-write", "COMMIT; CREATE TABLE evil AS SELECT 1", "TRANSACTION is not allowed"),
     ("checkpoint", "CHECKPOINT", "CALL " + WRITES),
 ]

@@ -28,8 +28,7 @@ from ..errors import IngestWarning, ProjectUnreadableError
 from ..project import Project
 from .parts import PartError, read_part
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
-from .rows import RowBatch, rows_of_part
-from .sink import SegmentSink
+from .rows import DECODERS, Output, RowBatch, add_part, decode_parts, prepare_part
 from .sources import Scan, load_file_states, relative, scan_source, signature
 from .status import derive_status
 from .validate import RecordFileError, clean_text, one_line
@@ -60,16 +59,16 @@ class _Source:
 
 def ingest_project(con: duckdb.DuckDBPyConnection, project: Project,
                    between_runs: Callable[[int], None] | None = None,
-                   sink: SegmentSink | None = None) -> IngestReport:
+                   out: Output | None = None) -> IngestReport:
     """Bring the catalog up to date with the record files of `project`; `between_runs(n)`
     is told of the `n` records each run added, outside any transaction (the mirror may
-    compress them then); `sink` gets every table of rows inserted (sink.py)."""
+    compress them then); `out` gets every table of rows inserted (rows.Output)."""
     known = _load_sources(con)
     by_run: dict[str, dict[str, _Source]] = {}
     for path, source in known.items():
         by_run.setdefault(source.run_dir, {})[path] = source
     on_disk = _run_dirs(project.runs_dir)
-    ingest = _Pass(con, project.home, IngestReport(), _owners(known), sink)
+    ingest = _Pass(con, project.home, IngestReport(), _owners(known), out or Output())
     for rel in sorted(by_run.keys() - {relative(d, ingest.home) for d in on_disk}):  # deleted
         previous = _disown(ingest.owners, rel, _tstamp_of(known, rel))
         _in_transaction(con, lambda rel=rel, previous=previous: drop_run(
@@ -112,7 +111,7 @@ class _Pass:
     home: Path
     report: IngestReport
     owners: dict[str, str]  # tstamp -> the run directory holding it, kept current in the pass
-    sink: SegmentSink | None = None
+    out: Output
 
 
 def _sync_run_safely(ingest: _Pass, run_dir: Path, mine: dict[str, _Source]) -> None:
@@ -151,11 +150,11 @@ def _sync_run(ingest: _Pass, run_dir: Path, mine: dict[str, _Source],
                                  or _replays_lost(mine, scans)):
         drop_run(con, rel, previous, keep_quarantined=True)  # rebuilt from its files
         scans, previous = _scan_run(con, ingest.home, run_dir, fresh=False), None
-    _write_run(con, scans, mine, quarantine, ingest.report, ingest.sink)
+    _write_run(con, scans, mine, quarantine, ingest.report, ingest.out)
 
 
 def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Quarantine,
-               report: IngestReport, sink: SegmentSink | None) -> None:
+               report: IngestReport, out: Output) -> None:
     run = scans[0]
     tstamp = run.ident["tstamp"]
     for scan in scans:
@@ -164,7 +163,7 @@ def _write_run(con, scans: list[Scan], mine: dict[str, _Source], quarantine: Qua
             continue
         quarantine.settle_files(scan)
         _upsert_replay(con, tstamp, scan) if scan.replay else _upsert_run(con, scan)
-        changed = _ingest_parts(con, scan, tstamp, quarantine, report, sink)
+        changed = _ingest_parts(con, scan, tstamp, quarantine, report, out)
         if not scan.replay:
             changed |= sync_checkpoints(con, scan, tstamp, quarantine)
         source = _Source(run.rel, tstamp, scan.end is not None and not quarantine.holds(scan),
@@ -182,29 +181,45 @@ _BATCH_RECORDS = 1_000_000
 
 
 def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
-                  report: IngestReport, sink: SegmentSink | None) -> bool:
+                  report: IngestReport, out: Output) -> bool:
     """Add the rows of the source's new parts; whether there were any. Context ids are a
-    function of the context's path (parts.py, rows.py), so no part needs the catalog's contexts."""
+    function of the context's path (parts.py, rows.py), so no part needs the catalog's contexts.
+    Parts are decoded a few at a time, on a thread each (rows.decode_parts)."""
     source = "replay" if scan.replay else "forward"
     batch = RowBatch(tstamp=tstamp, source=source)
     ok, new = [], scan.new_parts()
-    for rel in new:
-        item = scan.parts[rel]
-        try:
-            rows_of_part(read_part(item.path), batch)
-        except PartError as exc:
-            quarantine.part(scan, rel, item, str(exc))
-        else:
+    for start in range(0, len(new), DECODERS):
+        for rel, item, decoded in _decode(scan, new[start:start + DECODERS], batch, quarantine):
+            add_part(batch, decoded)
             report.parts += 1
             ok.append((rel, item))
         if batch.count >= _BATCH_RECORDS:  # a long backlog goes in bounded steps
             report.records += batch.count
-            batch.insert_into(con, sink)
+            batch.insert_into(con, out)
             batch = RowBatch(tstamp=tstamp, source=source)
     report.records += batch.count
-    batch.insert_into(con, sink)
+    batch.insert_into(con, out)
     record_ok(con, scan, "part", ok)
     return bool(new)
+
+
+def _decode(scan: Scan, rels: list[str], batch: RowBatch, quarantine: Quarantine) -> list:
+    """(rel, item, decoded part) of the parts `rels` that are whole; the others quarantined."""
+    prepared = []
+    for rel in rels:
+        item = scan.parts[rel]
+        try:
+            prepared.append((rel, item, prepare_part(read_part(item.path), batch)))
+        except PartError as exc:
+            quarantine.part(scan, rel, item, str(exc))
+    decoded = []
+    for (rel, item, _), result in zip(prepared, decode_parts([p for *_, p in prepared]),
+                                      strict=True):
+        if isinstance(result, PartError):
+            quarantine.part(scan, rel, item, str(result))
+        else:
+            decoded.append((rel, item, result))
+    return decoded
 
 
 def _scan_run(con, home: Path, run_dir: Path, fresh: bool) -> list[Scan]:

@@ -19,8 +19,9 @@ from .rows import insert_arrow
 from .sources import FileState, Listed, Scan, load_file_states, relative
 from .validate import RecordFileError, checkpoint_entry, clean_text, load_json
 
-_RUN_TABLES = ("runs", "_logs", "_contexts", "checkpoints", "_iterations", "replays",
-               "_name_stats", "_loop_stats")
+# `_log_rows` and the live pieces of the tail (tail.py) hold `_logs`
+_RUN_TABLES = ("runs", "_log_rows", "_tail_pieces", "_contexts", "checkpoints", "_iterations",
+               "replays", "_name_stats", "_loop_stats")
 _INGESTED = ("path", "dir", "run_dir", "kind", "size", "mtime", "status", "message")
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,9 @@ from .definitions import (
 )
 from .name_stats import RecordKeys, merge_batch_stats
 from .parts import ORD_STRIDE, Part, PartError
+from .schema import STORED
 from .sink import SegmentSink
+from .tail import LogTail
 from .validate import clean_text, one_line
 
 _INSERT_CHUNK_ROWS = 122_880  # DuckDB's row group
@@ -54,6 +58,17 @@ _KIND_VALUES = pa.array(_KINDS, pa.string())
 
 
 # --- rows -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    """Where an ingest's rows go besides DuckDB's tables: the pending segment's files (sink.py)
+    and, while it takes them, the tail (tail.py), which keeps `_logs` rows out of DuckDB's
+    table until a fold moves them in; `seg`: the pending segment's id."""
+
+    sink: SegmentSink | None = None
+    tail: LogTail | None = None
+    seg: int = 0
 
 
 @dataclass
@@ -85,10 +100,11 @@ class RowBatch:
         table = definitions.table(definitions.kept_rows(), self._loop_values())
         return list(zip(*(table.column(c).to_pylist() for c in CTX_COLUMNS), strict=True))
 
-    def insert_into(self, con: Any, sink: SegmentSink | None = None) -> None:
+    def insert_into(self, con: Any, out: Output | None = None) -> None:
         """Append the rows through Arrow (executemany is far too slow for log volumes), and
-        hand each table to `sink`, which writes the pending segment meanwhile (sink.py).
+        hand each table to `out` (the pending segment's writer, the tail; see Output).
         A context already stored for the run, or listed by several parts, is stored once."""
+        out = out or Output()
         if self.count or self._contexts:
             logs, keys, definitions = self._tables()
             known = _stored_ids(con, definitions, self.tstamp)
@@ -99,18 +115,21 @@ class RowBatch:
                 contexts = definitions.table(definitions.stored_rows(claimed, known),
                                              self._loop_values())
             if logs is not None:
+                logs = self._whole(logs.append_column("defines_ctx", pa.array(defines)),
+                                   source=True)
+                _to_segment(out, "_logs", logs)  # written while the statistics are worked out
+                # before the rows are stored: they look up the run's earlier records only
                 merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
-                logs = logs.append_column("defines_ctx", pa.array(defines))
-                _append(con, sink, "_logs", self._whole(logs, source=True))
+                _store(con, out, "_logs", logs, self.tstamp)
             del logs, keys
             if contexts is not None:
-                _append(con, sink, "_contexts", self._whole(contexts))
+                _append(con, out, "_contexts", self._whole(contexts))
         if self.iterations:
             columns = list(zip(*self.iterations, strict=True))
             rows = pa.Table.from_arrays([pa.array(c, t) for c, t in zip(
                 columns, (pa.string(), pa.int64(), pa.float64(), pa.string()), strict=True)],
                 names=["loop_name", "iteration", "seconds", "source"])
-            _append(con, sink, "_iterations", self._whole(rows))
+            _append(con, out, "_iterations", self._whole(rows))
 
     def _whole(self, rows: pa.Table, source: bool = False) -> pa.Table:
         """`rows` behind their run's tstamp (and the records' source): every column of the
@@ -239,38 +258,115 @@ def _deep_loops(contexts: pa.Table | None) -> list[tuple[str, int]]:
                     strict=True))
 
 
-def _append(con: Any, sink: SegmentSink | None, table: str, rows: pa.Table) -> None:
+def _append(con: Any, out: Output, table: str, rows: pa.Table) -> None:
+    _to_segment(out, table, rows)  # first, so that the segment is written while DuckDB inserts
+    _store(con, out, table, rows)
+
+
+def _to_segment(out: Output, table: str, rows: pa.Table) -> None:
+    if out.sink is not None and rows.num_rows:
+        out.sink.write(table, rows)
+
+
+def _store(con: Any, out: Output, table: str, rows: pa.Table, tstamp: str = "") -> None:
+    """Into the mirror: DuckDB's table, or the tail while it takes `_logs` rows."""
     if not rows.num_rows:
         return
-    if sink is not None:  # first, so that the segment is written while DuckDB inserts
-        sink.write(table, rows)
     # slices of one row group each (zero-copy): DuckDB scans an Arrow table a chunk per thread
     chunks = pa.Table.from_batches(rows.to_batches(max_chunksize=_INSERT_CHUNK_ROWS))
-    insert_arrow(con, chunks, f"INSERT INTO {table} BY NAME SELECT * FROM {{}}", [])
+    if table == "_logs" and out.tail is not None and out.tail.open:
+        out.tail.add(con, chunks, out.seg, tstamp)  # queryable now; DuckDB's table later
+        return
+    insert_arrow(con, chunks, f"INSERT INTO {STORED[table]} BY NAME SELECT * FROM {{}}", [])
 
 
 def rows_of_part(part: Part, batch: RowBatch, ctx_map: object = None) -> None:
     """Add the rows of `part` to `batch`, all or none. (`ctx_map` is ignored: context ids
     are a function of their path.)"""
+    add_part(batch, prepare_part(part, batch).decode())
+
+
+@dataclass
+class DecodedPart:
+    """A part's rows, decoded but not yet in a batch (add_part)."""
+
+    definitions: dict
+    records: dict
+    args: dict
+    iterations: list[tuple]
+
+
+@dataclass
+class PreparedPart:
+    """A part with its names and loops as indices into the batch's dictionaries (given in
+    the batch's thread, in the parts' order); `decode` may run on any thread."""
+
+    part: Part
+    loops: np.ndarray
+    names: np.ndarray
+    args: dict
+    base: int
+    paths: bool
+    source: str
+
+    def decode(self) -> DecodedPart:
+        header, cols = self.part.header, self.part.cols
+        try:
+            contexts = PartContexts(header["loops"], self.loops, cols, self.paths)
+            records = _record_rows(header, cols, self.names, self.base)
+            iterations = [(n, int(i), float(s), self.source)
+                          for n, i, s in header["iterations"]]
+            return DecodedPart(contexts.rows(), records, self.args, iterations)
+        except _MALFORMED as exc:
+            raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
+
+
+_MALFORMED = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
+
+
+def prepare_part(part: Part, batch: RowBatch) -> PreparedPart:
+    """The part's names, loops and args in the batch's dictionaries (PartError: malformed)."""
     try:
-        header, cols = part.header, part.cols
-        loops = batch._indices(batch._loops, header["loops"])
-        contexts = PartContexts(header["loops"], loops, cols, batch.paths)
+        header = part.header
         base = int(header["seq"]) * ORD_STRIDE
-        records = _record_rows(header, cols, batch._indices(batch._names, header["names"]),
-                               base)
-        args = _arg_rows(header["args"], batch, base)
-        iterations = [(n, int(i), float(s), batch.source) for n, i, s in header["iterations"]]
-        definitions = contexts.rows()
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
+        return PreparedPart(part, batch._indices(batch._loops, header["loops"]),
+                            batch._indices(batch._names, header["names"]),
+                            _arg_rows(header["args"], batch, base), base, batch.paths,
+                            batch.source)
+    except _MALFORMED as exc:
         raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
+
+
+def decode_parts(prepared: list[PreparedPart]) -> list[DecodedPart | PartError]:
+    """Each part decoded, or the PartError that says why not, in order: on a thread per
+    core (numpy lets go of the GIL; 2 parts of 500k records: 0.18 -> 0.10 s on 2 cores)."""
+    if len(prepared) < 2:
+        return [_decoded(p) for p in prepared]
+    with ThreadPoolExecutor(min(len(prepared), DECODERS),
+                            thread_name_prefix="flor-decode") as pool:
+        return list(pool.map(_decoded, prepared))
+
+
+DECODERS = max(1, min(4, os.cpu_count() or 1))  # parts decoded at once
+
+
+def _decoded(prepared: PreparedPart) -> DecodedPart | PartError:
+    try:
+        return prepared.decode()
+    except PartError as exc:
+        return exc
+
+
+def add_part(batch: RowBatch, decoded: DecodedPart) -> None:
+    """Add a decoded part's rows to `batch` (the one it was prepared for)."""
+    records = decoded.records
     records["part"] = len(batch._contexts)
-    batch._contexts.append(definitions)
-    for piece in (records, args):
+    batch._contexts.append(decoded.definitions)
+    for piece in (records, decoded.args):
         if piece["size"]:
             batch._records.append(piece)
             batch.count += piece["size"]
-    batch.iterations.extend(iterations)
+    batch.iterations.extend(decoded.iterations)
 
 
 def _record_rows(header: dict, cols: dict, names: np.ndarray, base: int) -> dict:

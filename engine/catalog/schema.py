@@ -3,6 +3,10 @@
 Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published segment their
 rows came from (rows ingested here carry the id their publish will have: mirror.begin_ingest);
 the user sees them through the views `logs`, `contexts` and `iterations`, without it.
+`_logs` is itself a view: the rows DuckDB holds (`_log_rows`) and those an ingest here just
+added, still Arrow tables (`_log_tail`, registered on each connection over a stub; tail.py),
+of the pieces `_tail_pieces` lists; a piece leaves that list in the transaction that moves its
+rows into `_log_rows`, so every statement sees each record once.
 `_contexts` holds only the contexts no record of their own stands for: the run level, those
 deeper than 3, and those without records at their depth; `_all_contexts` adds the others from
 the record flagged `defines_ctx` (one per context), so a step context costs no second row.
@@ -14,6 +18,17 @@ from __future__ import annotations
 
 SCHEMA_VERSION = "9"
 
+# The columns of `_logs`, in the order of its segments' and its tail's tables.
+LOG_COLUMNS = (
+    ("tstamp", "TIMESTAMP"), ("ctx_id", "BIGINT"), ("depth", "INTEGER"),
+    ("value_name", "VARCHAR"), ("value_type", "VARCHAR"), ("value_num", "DOUBLE"),
+    ("value_text", "VARCHAR"), ("kind", "VARCHAR"), ("source", "VARCHAR"), ("ord", "BIGINT"),
+    *((f"{column}_{k}", sql_type) for k in (1, 2, 3)
+      for column, sql_type in (("loop", "VARCHAR"), ("iter", "BIGINT"), ("ctx", "BIGINT"))),
+    ("defines_ctx", "BOOLEAN"), ("_seg", "INTEGER"))
+# Where the rows of each segmented table are written (`_logs` is a view, see above).
+STORED = {"_logs": "_log_rows", "_contexts": "_contexts", "_iterations": "_iterations"}
+
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -21,12 +36,13 @@ CREATE TABLE IF NOT EXISTS runs (
     argv VARCHAR[], status VARCHAR, start_time TIMESTAMPTZ, end_time TIMESTAMPTZ,
     error VARCHAR, pid BIGINT, hostname VARCHAR, run_dir VARCHAR
 );
-CREATE TABLE IF NOT EXISTS _logs (
-    tstamp TIMESTAMP, ctx_id BIGINT, depth INTEGER, value_name VARCHAR, value_type VARCHAR,
-    value_num DOUBLE, value_text VARCHAR, kind VARCHAR, source VARCHAR, ord BIGINT,
-    loop_1 VARCHAR, iter_1 BIGINT, ctx_1 BIGINT, loop_2 VARCHAR, iter_2 BIGINT, ctx_2 BIGINT,
-    loop_3 VARCHAR, iter_3 BIGINT, ctx_3 BIGINT, defines_ctx BOOLEAN, _seg INTEGER
-);
+CREATE TABLE IF NOT EXISTS _log_rows ({log_columns});
+CREATE TABLE IF NOT EXISTS _log_tail ({log_columns}, _piece INTEGER);
+CREATE TABLE IF NOT EXISTS _tail_pieces (piece INTEGER, tstamp TIMESTAMP);
+CREATE OR REPLACE VIEW _logs AS
+SELECT {log_names} FROM _log_rows
+UNION ALL
+SELECT {log_names} FROM _log_tail WHERE _piece IN (SELECT piece FROM _tail_pieces);
 CREATE OR REPLACE VIEW logs AS
 SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord
 FROM _logs;
@@ -124,7 +140,8 @@ SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        max(depth) AS depth, sum(records) AS records, max(runs) AS runs,
        list_sort(flatten(list(types))) AS value_types
 FROM _name_depths GROUP BY value_name;
-"""
+""".replace("{log_columns}", ", ".join(f"{n} {t}" for n, t in LOG_COLUMNS)).replace(
+    "{log_names}", ", ".join(n for n, _ in LOG_COLUMNS))
 
 USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
                "names", "jobs", "job_attempts")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ import shutil
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ import pyarrow.parquet as pq
 from flor.housekeeping import atomic_file, write_atomic
 
 from ..errors import CatalogLockedError, IngestWarning
+from .schema import STORED
 from .sink import IPC_OPTIONS, SegmentSink, file_token, segment_name
 
 FORMAT = "florsql-catalog/1"
@@ -171,17 +173,23 @@ class Store:
     # --- publishing (under the ingest lock) -------------------------------------------------
 
     def publish(self, con: duckdb.DuckDBPyConnection, manifest: Manifest,
-                sink: SegmentSink | None = None) -> Manifest | None:
+                sink: SegmentSink | None = None,
+                cursor: Callable[[], duckdb.DuckDBPyConnection] | None = None,
+                before_compact: Callable[[], None] | None = None) -> Manifest | None:
         """Publish what the mirror `con` holds beyond `manifest` (the new rows' segments
         written by `sink` as the ingest went, when it has them all); the new manifest, or None
-        when nothing changed. Raises OSError when the directory cannot be written."""
+        when nothing changed. `cursor()` makes another connection reading what `con` reads
+        (the mirror's tail too); `before_compact()` runs before rows change segment. Raises
+        OSError when the directory cannot be written."""
         new = manifest.successor()
         version = new.version
         dropped = [t for (t,) in con.execute(
             "SELECT DISTINCT strftime(tstamp, '%Y-%m-%dT%H:%M:%S.%f') FROM _dropped").fetchall()]
         new.tombstones += [(t, manifest.version) for t in dropped]
         changed = bool(dropped)
-        segments = self._write_segments(con, version, sink)
+        cursor = cursor or functools.partial(_cursor, con, con.execute(
+            "SELECT current_database()").fetchall()[0][0])
+        segments = self._write_segments(con, version, sink, cursor)
         for table, segment in zip(SEGMENTED, segments, strict=True):
             if segment is not None:
                 new.segments[table].append(segment)
@@ -197,13 +205,14 @@ class Store:
         con.execute("DELETE FROM _dropped")
         # the new records are visible now; merging small segments is the ingest's after-work
         merged = new.successor()
-        if self._compact(con, merged):
+        if self._compact(con, merged, before_compact or (lambda: None)):
             self._commit(merged)
             return merged
         return new
 
     def _write_segments(self, con: duckdb.DuckDBPyConnection, version: int,
-                        sink: SegmentSink | None) -> list[Segment | None]:
+                        sink: SegmentSink | None,
+                        cursor: Callable[[], duckdb.DuckDBPyConnection]) -> list[Segment | None]:
         """Each segmented table's new segment (None: no new rows): the sink's files when they
         hold exactly the rows the mirror has for this version (sink.py), else the rows read
         back out of the mirror (a thread per table: DuckDB's export and pyarrow's encoding
@@ -217,13 +226,12 @@ class Store:
             if written is not None:
                 return [Segment(version, *written[t]) if t in written else None
                         for t in SEGMENTED]
-        database = con.execute("SELECT current_database()").fetchall()[0][0]
         if sum(pending.values()) > _PARALLEL_ROWS:
-            return [self._write_segment(_cursor(con, database), t, version) for t in SEGMENTED]
+            return [self._write_segment(cursor(), t, version) for t in SEGMENTED]
+        cursors = [cursor() for _ in SEGMENTED]  # made here: the threads only use them
         with ThreadPoolExecutor(len(SEGMENTED), thread_name_prefix="flor-publish") as pool:
-            return list(pool.map(
-                lambda table: self._write_segment(_cursor(con, database), table, version),
-                SEGMENTED))
+            return list(pool.map(lambda c, table: self._write_segment(c, table, version),
+                                 cursors, SEGMENTED))
 
     def _write_segment(self, con, table: str, version: int) -> Segment | None:
         # the ingest gave its rows `_seg = version` (mirror.begin_ingest): no UPDATE here
@@ -272,14 +280,17 @@ class Store:
         with atomic_file(self.dir / name) as fh:
             pq.write_table(rows, fh, compression="zstd")
 
-    def _compact(self, con, new: Manifest) -> bool:
+    def _compact(self, con, new: Manifest, before: Callable[[], None]) -> bool:
         """Merge the small segments of a table once there are many (rows read from the mirror,
-        which holds them already, without the tombstoned ones); whether any were merged."""
+        which holds them already, without the tombstoned ones); whether any were merged.
+        `before()` runs once, before the first merge."""
         merged_any = False
         for table in SEGMENTED:
             small = [s for s in new.segments[table] if s.rows < SMALL_SEGMENT_ROWS]
             if len(new.segments[table]) < _setting(COMPACT_ENV, 16) or len(small) < 2:
                 continue
+            if not merged_any:
+                before()
             ids = [s.id for s in small]
             merged_id = max(ids)  # keeps its place among tombstones: nothing newer is merged
             name = segment_name(new.version, table, f"c{merged_id}")
@@ -287,7 +298,7 @@ class Store:
                 f"SELECT * EXCLUDE (_seg) FROM {table} WHERE list_contains($ids, _seg) "
                 "ORDER BY _seg", params={"ids": ids}))
             _crash_point("compacted")
-            con.execute(f"UPDATE {table} SET _seg = ? WHERE list_contains(?, _seg)",
+            con.execute(f"UPDATE {STORED[table]} SET _seg = ? WHERE list_contains(?, _seg)",
                         [merged_id, ids])
             now = time.time()
             new.garbage += [(s.file, now) for s in small]

@@ -120,6 +120,8 @@ class CatalogSession:
         self._sync_side_tables()
         stamp = self._files_stamp()
         if stamp is not None and stamp == self._quiet_stamp and self.mirror.current():
+            with self._lock:
+                self.mirror.reap()
             return IngestReport()
         report = IngestReport()
         with self._lock, unordered_inserts(self.con):
@@ -128,14 +130,14 @@ class CatalogSession:
                 with self.mirror.store.ingest_lock() as can_publish:
                     self.mirror.sync()  # what others published while this one waited
                     pending = self.mirror.begin_ingest()
-                    sink = self.mirror.open_sink(can_publish)
+                    out = self.mirror.open_output(can_publish)
                     try:
-                        report = ingest_project(self.con, self.project, self.mirror.added, sink)
+                        report = ingest_project(self.con, self.project, self.mirror.added, out)
                         refresh_names(self.con, pending)
                     except BaseException:
-                        self.mirror.abandon(sink)
+                        self.mirror.abandon(out)
                         raise
-                    self.mirror.publish(can_publish, sink)
+                    self.mirror.publish(can_publish, out)
                     pa.default_memory_pool().release_unused()  # the batches' Arrow buffers
             self.mirror.settle()
             generation = self.con.execute(
