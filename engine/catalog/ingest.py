@@ -26,9 +26,10 @@ from flor import protocol
 
 from ..errors import IngestWarning, ProjectUnreadableError
 from ..project import Project
+from .decode import DECODERS, decode_parts, prepare_part
 from .parts import PartError, read_part
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
-from .rows import DECODERS, Output, RowBatch, add_part, decode_parts, prepare_part
+from .rows import Output, RowBatch
 from .sources import Scan, load_file_states, relative, scan_source, signature
 from .status import derive_status
 from .validate import RecordFileError, clean_text, one_line
@@ -190,7 +191,7 @@ def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
     ok, new = [], scan.new_parts()
     for start in range(0, len(new), DECODERS):
         for rel, item, decoded in _decode(scan, new[start:start + DECODERS], batch, quarantine):
-            add_part(batch, decoded)
+            batch.add(decoded)
             report.parts += 1
             ok.append((rel, item))
         if batch.count >= _BATCH_RECORDS:  # a long backlog goes in bounded steps

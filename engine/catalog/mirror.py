@@ -21,13 +21,10 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flor import protocol
 
@@ -35,7 +32,7 @@ from ..errors import IngestWarning
 from .rows import Output, insert_arrow
 from .sandbox import lock_down
 from .schema import SCHEMA, STORED
-from .sink import SegmentSink
+from .sink import SegmentSink, segment_tables
 from .store import SEGMENTED, STATE_TABLES, Manifest, Store
 from .tail import Fold, LogTail, fold_into_rows
 
@@ -52,7 +49,6 @@ CATALOG_DB = "catalog"  # the attached in-memory database holding the tables
 # ~0.35 s per 1M rows. A live run's small increments wait until they fill one.
 COMPRESS_EVERY = 2 << 20
 SETTLE_ROWS = 122_880
-_BATCH_ROWS = 1 << 20  # rows read from a segment at a time: bounds a reader's peak memory
 
 
 @dataclass
@@ -164,7 +160,7 @@ class Mirror:
             con.execute("COMMIT")
 
     def _insert_segment(self, table: str, seg_id: int, handle, dead: list[str]) -> None:
-        for rows in _tables_of(_batches(handle)):
+        for rows in segment_tables(handle):
             insert_arrow(self.con, rows, f"INSERT INTO {STORED[table]} BY NAME SELECT *, "
                          "CAST(? AS INTEGER) AS _seg FROM {}", [seg_id])
             if self._fresh:  # no transaction open: compress as it goes
@@ -293,6 +289,7 @@ class Mirror:
         self.tail.forget(pieces)
         self.tail.attach(self.con)
         self._uncompressed += rows
+        self._tail_counted = 0
 
     def compress(self) -> None:
         """Compress the rows added since the last call (DuckDB compresses an in-memory
@@ -363,32 +360,6 @@ def open_mirror(home: Path, limit: str | None = None) -> Mirror:
         shutil.rmtree(spill, ignore_errors=True)
         raise
     return Mirror(con, Store(home, protocol.CATALOG_DIR), spill)
-
-
-def _batches(handle) -> Iterator[pa.RecordBatch]:
-    """A segment's rows a batch at a time: an Arrow IPC stream, or Parquet (older catalogs)."""
-    if handle.read(4) == b"PAR1":
-        handle.seek(0)
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=_BATCH_ROWS)
-        return
-    handle.seek(0)
-    yield from pa.ipc.open_stream(handle)
-
-
-def _tables_of(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """The batches gathered into tables of about _BATCH_ROWS rows. An ingest writes one
-    batch per run (sink.py); DuckDB inserts 10 tables of 100k rows in ~1.5 s where one of
-    1M takes 0.2-0.4 s (a chunk per thread, and a cost per statement)."""
-    group: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        group.append(batch)
-        rows += batch.num_rows
-        if rows >= _BATCH_ROWS:
-            yield pa.Table.from_batches(group)
-            group, rows = [], 0
-    if group:
-        yield pa.Table.from_batches(group)
 
 
 def new_catalog() -> duckdb.DuckDBPyConnection:

@@ -1,21 +1,17 @@
 """Turn checked record parts (parts.py) into catalog rows, as Arrow columns, and insert them.
 
-Rows are built with whole-array operations, never one Python step per record (only values
-other than floats are converted one by one). Each part's contexts are worked out by
-definitions.py; each record's context columns are gathered from its own part's definitions
-when a batch is inserted, so each row of `_logs` carries its enclosing contexts at depths 1..3
-(`loop_k`, `iter_k`, `ctx_k`; k = depth is the row's own context) and `history` reads loop
-dimensions and outer contexts from the row itself. The first record of a context at depth
-1..3 stands for it (`defines_ctx`); `_contexts` gets the contexts no record stands for, once.
+Rows are built with whole-array operations, never one Python step per record. Each part is
+decoded by decode.py (its contexts by definitions.py); each record's context columns are
+gathered from its own part's definitions when a batch is inserted, so each row of `_logs`
+carries its enclosing contexts at depths 1..3 (`loop_k`, `iter_k`, `ctx_k`; k = depth is the
+row's own context) and `history` reads loop dimensions and outer contexts from the row itself.
+The first record of a context at depth 1..3 stands for it (`defines_ctx`); `_contexts` gets
+the contexts no record stands for, once.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .decode import VALUE_TYPES, DecodedPart, prepare_part
 from .definitions import (
     ANCESTOR_FIELDS,
     ANCESTOR_LEVELS,
@@ -30,21 +27,17 @@ from .definitions import (
     RUN_LEVEL,
     TEXT_DICT,
     Definitions,
-    PartContexts,
     ancestor_arrays,
     concat_pieces,
     dictionary,
 )
 from .name_stats import RecordKeys, merge_batch_stats
-from .parts import ORD_STRIDE, Part, PartError
+from .parts import Part
 from .schema import STORED
 from .sink import SegmentSink
 from .tail import LogTail
-from .validate import clean_text, one_line
 
 _INSERT_CHUNK_ROWS = 122_880  # DuckDB's row group
-_TYPES = ("float", "int", "bool", "str", "json", "null")  # value_type's dictionary
-_TYPE_INDEX = {t: i for i, t in enumerate(_TYPES)}
 _KINDS = ("log", "arg")
 _SMALL_DICT = pa.dictionary(pa.int8(), pa.string())
 LOG_SCHEMA = pa.schema([
@@ -52,7 +45,7 @@ LOG_SCHEMA = pa.schema([
     pa.field("value_name", TEXT_DICT), pa.field("value_type", _SMALL_DICT),
     pa.field("value_num", pa.float64()), pa.field("value_text", pa.string()),
     pa.field("kind", _SMALL_DICT), pa.field("ord", pa.int64()), *ANCESTOR_FIELDS])
-_TYPE_VALUES = pa.array(_TYPES, pa.string())
+_TYPE_VALUES = pa.array(VALUE_TYPES, pa.string())
 _KIND_VALUES = pa.array(_KINDS, pa.string())
 
 
@@ -189,7 +182,7 @@ class RowBatch:
                    *ancestor_arrays(gathered, levels, self.count, self._loop_values())]
         canonical = definitions.canonical
         keys = RecordKeys(
-            names=list(self._names), types=_TYPES, name=name, depth=gathered["depth"],
+            names=list(self._names), types=VALUE_TYPES, name=name, depth=gathered["depth"],
             kind=kind, value_type=value_type, ctx_row=at if canonical is None else canonical[at],
             ctx_id=gathered["ctx_id"], value_num=num, value_text=texts,
             loops=[(k, gathered[f"loop_{k}"]) for k in levels], loop_names=list(self._loops))
@@ -197,6 +190,23 @@ class RowBatch:
 
     def _loop_values(self) -> pa.Array:
         return pa.array(list(self._loops), pa.string())
+
+    def add(self, decoded: DecodedPart) -> None:
+        """Add a decoded part's rows (decode.py; prepared against this batch)."""
+        records = decoded.records
+        records["part"] = len(self._contexts)
+        self._contexts.append(decoded.definitions)
+        for piece in (records, decoded.args):
+            if piece["size"]:
+                self._records.append(piece)
+                self.count += piece["size"]
+        self.iterations.extend(decoded.iterations)
+
+    def name_indices(self, texts: list[str]) -> np.ndarray:
+        return self._indices(self._names, texts)
+
+    def loop_indices(self, texts: list[str]) -> np.ndarray:
+        return self._indices(self._loops, texts)
 
     def _indices(self, table: dict[str, int], texts: list[str]) -> np.ndarray:
         """The batch's dictionary indices of `texts`, with -1 appended (index -1: NULL)."""
@@ -283,161 +293,7 @@ def _store(con: Any, out: Output, table: str, rows: pa.Table, tstamp: str = "") 
 def rows_of_part(part: Part, batch: RowBatch, ctx_map: object = None) -> None:
     """Add the rows of `part` to `batch`, all or none. (`ctx_map` is ignored: context ids
     are a function of their path.)"""
-    add_part(batch, prepare_part(part, batch).decode())
-
-
-@dataclass
-class DecodedPart:
-    """A part's rows, decoded but not yet in a batch (add_part)."""
-
-    definitions: dict
-    records: dict
-    args: dict
-    iterations: list[tuple]
-
-
-@dataclass
-class PreparedPart:
-    """A part with its names and loops as indices into the batch's dictionaries (given in
-    the batch's thread, in the parts' order); `decode` may run on any thread."""
-
-    part: Part
-    loops: np.ndarray
-    names: np.ndarray
-    args: dict
-    base: int
-    paths: bool
-    source: str
-
-    def decode(self) -> DecodedPart:
-        header, cols = self.part.header, self.part.cols
-        try:
-            contexts = PartContexts(header["loops"], self.loops, cols, self.paths)
-            records = _record_rows(header, cols, self.names, self.base)
-            iterations = [(n, int(i), float(s), self.source)
-                          for n, i, s in header["iterations"]]
-            return DecodedPart(contexts.rows(), records, self.args, iterations)
-        except _MALFORMED as exc:
-            raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
-
-
-_MALFORMED = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
-
-
-def prepare_part(part: Part, batch: RowBatch) -> PreparedPart:
-    """The part's names, loops and args in the batch's dictionaries (PartError: malformed)."""
-    try:
-        header = part.header
-        base = int(header["seq"]) * ORD_STRIDE
-        return PreparedPart(part, batch._indices(batch._loops, header["loops"]),
-                            batch._indices(batch._names, header["names"]),
-                            _arg_rows(header["args"], batch, base), base, batch.paths,
-                            batch.source)
-    except _MALFORMED as exc:
-        raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
-
-
-def decode_parts(prepared: list[PreparedPart]) -> list[DecodedPart | PartError]:
-    """Each part decoded, or the PartError that says why not, in order: on a thread per
-    core (numpy lets go of the GIL; 2 parts of 500k records: 0.18 -> 0.10 s on 2 cores)."""
-    if len(prepared) < 2:
-        return [_decoded(p) for p in prepared]
-    with ThreadPoolExecutor(min(len(prepared), DECODERS),
-                            thread_name_prefix="flor-decode") as pool:
-        return list(pool.map(_decoded, prepared))
-
-
-DECODERS = max(1, min(4, os.cpu_count() or 1))  # parts decoded at once
-
-
-def _decoded(prepared: PreparedPart) -> DecodedPart | PartError:
-    try:
-        return prepared.decode()
-    except PartError as exc:
-        return exc
-
-
-def add_part(batch: RowBatch, decoded: DecodedPart) -> None:
-    """Add a decoded part's rows to `batch` (the one it was prepared for)."""
-    records = decoded.records
-    records["part"] = len(batch._contexts)
-    batch._contexts.append(decoded.definitions)
-    for piece in (records, decoded.args):
-        if piece["size"]:
-            batch._records.append(piece)
-            batch.count += piece["size"]
-    batch.iterations.extend(decoded.iterations)
-
-
-def _record_rows(header: dict, cols: dict, names: np.ndarray, base: int) -> dict:
-    """The records of a part: contexts as local ids; names as the batch's indices."""
-    ctx = cols["ctx"]
-    count = len(ctx)
-    if not len(cols["name"]) == count:
-        raise ValueError("columns of different lengths")
-    num, num_null, types, text = _values(cols, header["values"], count)
-    return {"size": count, "ctx": ctx, "value_name": names[cols["name"]], "value_type": types,
-            "value_num": num, "num_null": num_null, "value_text": text,
-            "kind": np.zeros(count, np.int8),
-            "ord": np.arange(base, base + count, dtype=np.int64)}
-
-
-def _values(cols: dict, others: list, count: int) -> tuple:
-    """value_num (and where it is NULL), value_type indices and value_text (None: all NULL)
-    of the records: floats straight from their column, the other values one by one."""
-    floats, kinds = cols["floats"], cols.get("kind")
-    if kinds is None or not others:
-        return floats, None, np.zeros(count, np.int8), None
-    other = kinds.astype(bool)
-    num = np.empty(count, np.float64)
-    num[~other] = floats
-    typed = [_typed(v) for v in others]
-    at = np.flatnonzero(other)
-    num_null = np.zeros(count, bool)
-    num[at] = [0.0 if n is None else n for _, n, _ in typed]
-    num_null[at] = [n is None for _, n, _ in typed]
-    types = np.zeros(count, np.int8)
-    types[at] = [_TYPE_INDEX[t] for t, _, _ in typed]
-    texts = pa.array([None, *(t for _, _, t in typed)], pa.string())
-    where = np.zeros(count, np.int32)
-    where[at] = np.arange(1, len(at) + 1, dtype=np.int32)
-    return num, num_null, types, texts.take(where)
-
-
-def _arg_rows(args: list, batch: RowBatch, base: int) -> dict:
-    """The run's args: run-level records of kind `arg`, ords base-1, base-2, ..."""
-    n = len(args)
-    typed = [_typed(v) for _, v in args]
-    return {"size": n, "ctx": None, "part": -1,
-            "value_name": batch._indices(batch._names, [a[0] for a in args])[:n],
-            "value_type": np.array([_TYPE_INDEX[t] for t, _, _ in typed], np.int8),
-            "value_num": np.array([0.0 if v is None else v for _, v, _ in typed], np.float64),
-            "num_null": np.array([v is None for _, v, _ in typed], bool),
-            "value_text": pa.array([text for _, _, text in typed], pa.string()),
-            "kind": np.ones(n, np.int8),
-            "ord": np.arange(base - 1, base - 1 - n, -1, dtype=np.int64)}
-
-
-def _typed(value: Any) -> tuple[str, float | None, str | None]:
-    """(value_type, value_num, value_text): floats need no text, DOUBLE holds them exactly."""
-    if value is None:
-        return "null", None, None
-    if isinstance(value, bool):
-        return "bool", float(value), "true" if value else "false"
-    if isinstance(value, int):
-        return "int", _as_double(value), repr(value)
-    if isinstance(value, float):
-        return "float", value, None
-    if isinstance(value, str):
-        return "str", None, clean_text(value)
-    return "json", None, json.dumps(value)  # ASCII: any surrogate becomes a JSON escape
-
-
-def _as_double(value: int) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
+    batch.add(prepare_part(part, batch).decode())
 
 
 def insert_arrow(con: Any, batch: pa.Table, sql: str, params: list) -> None:

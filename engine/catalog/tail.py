@@ -20,8 +20,10 @@ own connection is re-registered after each change, always in the thread that use
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import duckdb
@@ -31,6 +33,7 @@ import pyarrow as pa
 from .schema import LOG_COLUMNS
 
 TAIL_VIEW = "_log_tail"
+FOLD_DELAY_S = 0.3  # a fold starts this long after the ingest, unless waited for sooner
 # Rows an ingest keeps in the tail at most: a longer backlog is folded into DuckDB between runs
 # (compressed every 2M rows, so 10M records stay within 1 GB) and its later rows go straight in.
 TAIL_ROWS = 2 << 20
@@ -92,7 +95,7 @@ def fold_into_rows(con: duckdb.DuckDBPyConnection, pieces: list[int]) -> None:
     con.execute("COMMIT")
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: _RUNNING holds it
 class Fold:
     """A fold of the tail's `pieces` on a cursor of their own, run by a thread: the rows move
     into `_log_rows`, then a checkpoint compresses them (with any other rows waiting)."""
@@ -104,13 +107,18 @@ class Fold:
     compressed: bool = False
     error: BaseException | None = None
     _started: bool = False
+    _now: threading.Event = field(default_factory=threading.Event)  # someone waits: no delay
     _ended: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         self._started = True
+        _RUNNING.add(self)
         threading.Thread(target=self._run, name="flor-tail-fold", daemon=True).start()
 
     def _run(self) -> None:
+        # the statement that made the ingest (a DB-API execute refreshes first) runs first on
+        # its own: a fold takes both cores of a small machine for ~1 s per 1M records
+        self._now.wait(FOLD_DELAY_S)
         try:
             fold_into_rows(self.cursor, self.pieces)
             with contextlib.suppress(duckdb.Error):  # a write elsewhere: they wait uncompressed
@@ -128,10 +136,22 @@ class Fold:
 
     def wait(self) -> None:
         """Until the fold has ended (one never started runs here)."""
+        self._now.set()
         if not self._started:
             self._started = True
             self._run()
         self._ended.wait()
+
+
+# Folds still running when the interpreter exits are waited for: a thread inside DuckDB while
+# the process tears the database down could crash it (a connection's close() waits too).
+_RUNNING: weakref.WeakSet[Fold] = weakref.WeakSet()
+
+
+@atexit.register
+def _wait_for_folds() -> None:
+    for fold in list(_RUNNING):
+        fold.wait()
 
 
 def _constant(value: int, n: int) -> pa.Array:

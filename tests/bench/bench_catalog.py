@@ -186,8 +186,16 @@ def ingest_once(path: Path, plan: Plan) -> dict:
         t0 = time.perf_counter()
         report, mib, how = peak_rss_growth(conn.refresh)
         secs = time.perf_counter() - t0
+        t0 = time.perf_counter()  # the records are still Arrow tables (the tail) being folded
+        first = conn.execute(EPOCH_AVG).fetchall()
+        first_s = time.perf_counter() - t0
         sql = "SELECT count(loss) FROM history WHERE runid = 'big'"
         count = conn.execute(sql).fetchall()[0][0]
+        time.sleep(FOLD_WAIT_S)  # the fold has moved them into DuckDB's table by now
+        folded_s = median([timed(lambda: conn.execute(EPOCH_AVG).fetchall()) for _ in range(7)])
+        again = conn.execute(EPOCH_AVG).fetchall()  # sums in another order: the last bits differ
+        assert len(again) == len(first) and all(a[0] == b[0] and math.isclose(
+            a[1], b[1], rel_tol=1e-12) for a, b in zip(again, first, strict=True))
     log("opening a second connection, which loads the published segments ...")
     t0 = time.perf_counter()
     with florsql.connect(str(repo)) as other:
@@ -195,8 +203,19 @@ def ingest_once(path: Path, plan: Plan) -> dict:
         load_s = time.perf_counter() - t0
         assert other.execute(sql).fetchall()[0][0] == count
     return {"records": count, "expected": n, "record_s": rec_s, "refresh_s": secs,
+            "first_query_s": first_s, "folded_query_s": folded_s,
             "rss_growth_mib": mib, "rss_method": how, "report": repr(report), "load_s": load_s,
             **disk_use(repo)}
+
+
+EPOCH_AVG = "SELECT epoch, avg(loss) FROM history GROUP BY epoch ORDER BY epoch"
+FOLD_WAIT_S = 5.0
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def disk_use(repo: Path) -> dict:
@@ -360,6 +379,8 @@ def ingest_lines(r: dict) -> list[str]:
         f"{r['refresh_s']:.2f} s = {rps:,.0f} records/s (target >= {TARGET_INGEST_RPS:,.0f}: "
         f"{verdict(rps >= TARGET_INGEST_RPS)}, {rps / TARGET_INGEST_RPS:.3f}x of target); "
         f"each: {', '.join(f'{x:.2f}' for x in r['refresh_all_s'])} s",
+        f"   epoch_avg right after it (records still in the tail, folded meanwhile): "
+        f"{ms(r['first_query_s'])}; once folded: {ms(r['folded_query_s'])}",
         f"   peak RSS growth during one, at most {r['rss_growth_mib']:.0f} MiB "
         f"({r['rss_method']}); "
         f"recording subprocess {r['record_s']:.1f} s",
