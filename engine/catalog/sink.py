@@ -37,7 +37,9 @@ import pyarrow.parquet as pq
 from flor.housekeeping import temp_path
 
 SEGMENT_SUFFIX = ".arrow"
-IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+# zstd on one thread: on pyarrow's pool it took both cores of a small machine from the ingest.
+# (lz4 writes 1M records in 0.08 s instead of 0.13, for twice the disk: 0.95 of the parts.)
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd", use_threads=False)
 # Rows waiting for the writer beyond which `write` waits: bounds the memory a long backlog holds,
 # while the small tables that follow a large one never wait for it to be written.
 _QUEUED_ROWS = 2 << 20
