@@ -185,7 +185,7 @@ def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
                   report: IngestReport, out: Output) -> bool:
     """Add the rows of the source's new parts; whether there were any. Context ids are a
     function of the context's path (parts.py, rows.py), so no part needs the catalog's contexts.
-    Parts are decoded a few at a time, on a thread each (rows.decode_parts)."""
+    Parts are decoded a few at a time, on a thread each (decode.decode_parts)."""
     source = "replay" if scan.replay else "forward"
     batch = RowBatch(tstamp=tstamp, source=source)
     ok, new = [], scan.new_parts()
