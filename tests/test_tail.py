@@ -8,6 +8,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import duckdb
 import pytest
 
 import florsql
@@ -161,3 +162,26 @@ def test_runs_ingested_one_refresh_after_another_count_each_record_once(
         counts.append(conn.execute(COUNT).fetchone()[0])
         assert counts == [RECORDS, 2 * RECORDS, 3 * RECORDS, 3 * RECORDS]
         assert conn.execute(CURVE).fetchall() == _oracle(repo)
+
+
+def test_closing_a_connection_stops_its_fold_and_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _two_runs(tmp_path)
+    started: list[tail.Fold] = []
+    real_start = tail.Fold.start
+
+    def start(fold: tail.Fold) -> None:
+        started.append(fold)
+        real_start(fold)
+
+    monkeypatch.setattr(tail.Fold, "start", start)
+    monkeypatch.setattr(tail, "FOLD_DELAY_S", 60.0)  # still waiting when the connection closes
+    monkeypatch.setattr(mirror, "SETTLE_ROWS", 1)
+    conn = florsql.connect(repo)
+    conn.refresh()
+    conn.close()  # a fold is pointless now: its rows are published, the copy goes away
+    assert len(started) == 1 and started[0].done() and not started[0].compressed
+    assert isinstance(started[0].error, duckdb.InterruptException)
+    with florsql.connect(repo) as other:
+        assert other.execute(CURVE).fetchall() == _oracle(repo)
+        assert other.execute(COUNT).fetchone()[0] == 2 * RECORDS

@@ -335,7 +335,7 @@ class Mirror:
 
     def close(self) -> None:
         if self._fold is not None:
-            self._fold.wait()
+            self._fold.cancel()
         self.con.close()
         shutil.rmtree(self._spill, ignore_errors=True)
 

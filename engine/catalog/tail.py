@@ -106,7 +106,8 @@ class Fold:
     database: str
     compressed: bool = False
     error: BaseException | None = None
-    _started: bool = False
+    _started: bool = False  # its thread was started (or it ran in a waiting thread)
+    _cancelled: bool = False
     _now: threading.Event = field(default_factory=threading.Event)  # someone waits: no delay
     _ended: threading.Event = field(default_factory=threading.Event)
 
@@ -120,6 +121,8 @@ class Fold:
         # its own: a fold takes both cores of a small machine for ~1 s per 1M records
         self._now.wait(FOLD_DELAY_S)
         try:
+            if self._cancelled:
+                raise duckdb.InterruptException("the mirror closed before the fold")
             fold_into_rows(self.cursor, self.pieces)
             with contextlib.suppress(duckdb.Error):  # a write elsewhere: they wait uncompressed
                 self.cursor.execute(f"CHECKPOINT {self.database}")
@@ -142,16 +145,26 @@ class Fold:
             self._run()
         self._ended.wait()
 
+    def cancel(self) -> None:
+        """Its mirror closes: stop the fold (a pointless ~1 s per 1M records then) and wait
+        until it has stopped. Nothing is lost: the rows are published, and the in-memory copy
+        goes away with the mirror."""
+        self._cancelled = True
+        if self._started:
+            with contextlib.suppress(duckdb.Error):
+                self.cursor.interrupt()
+        self.wait()  # one never started raises at once, in this thread
 
-# Folds still running when the interpreter exits are waited for: a thread inside DuckDB while
-# the process tears the database down could crash it (a connection's close() waits too).
+
+# Folds still running when the interpreter exits are stopped: a thread inside DuckDB while the
+# process tears the database down could crash it (a connection's close() stops its own too).
 _RUNNING: weakref.WeakSet[Fold] = weakref.WeakSet()
 
 
 @atexit.register
-def _wait_for_folds() -> None:
+def _stop_folds() -> None:
     for fold in list(_RUNNING):
-        fold.wait()
+        fold.cancel()
 
 
 def _constant(value: int, n: int) -> pa.Array:
