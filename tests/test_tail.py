@@ -27,6 +27,7 @@ RECORDS = 3 * 40 + 3  # per run
 COUNT = "SELECT count(*) FROM logs"
 CURVE = "SELECT runid, epoch, step, loss, acc FROM history ORDER BY runid, epoch, step"
 IN_ROWS = "SELECT count(*) FROM _log_rows"
+VIEW = "SELECT sql FROM duckdb_views() WHERE view_name = '_logs'"
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def test_an_ingest_answers_from_its_tail_before_duckdb_holds_a_row_of_it(
         session = conn.session
         assert len(held_folds) == 1 and session.mirror.tail.rows == 2 * RECORDS
         assert session.con.execute(IN_ROWS).fetchone()[0] == 0
+        assert "_log_tail" in session.con.execute(VIEW).fetchone()[0]
         answer = conn.execute(CURVE).fetchall()
         assert conn.execute(COUNT).fetchone()[0] == 2 * RECORDS
         assert answer == _oracle(repo) and len(answer) == 2 * 3 * 40
@@ -73,6 +75,7 @@ def test_an_ingest_answers_from_its_tail_before_duckdb_holds_a_row_of_it(
         assert conn.execute(CURVE).fetchall() == answer  # its next statement reaps the fold
         assert session.mirror.tail.rows == 0
         assert session.con.execute(IN_ROWS).fetchone()[0] == 2 * RECORDS
+        assert "_log_tail" not in session.con.execute(VIEW).fetchone()[0]  # no union left
 
 
 def test_a_connection_made_before_the_fold_counts_each_record_once_after_it(

@@ -31,7 +31,7 @@ from flor import protocol
 from ..errors import IngestWarning
 from .rows import Output, insert_arrow
 from .sandbox import lock_down
-from .schema import SCHEMA, STORED
+from .schema import LOGS_VIEW, SCHEMA, STORED
 from .sink import SegmentSink, segment_tables
 from .store import SEGMENTED, STATE_TABLES, Manifest, Store
 from .tail import Fold, LogTail, fold_into_rows
@@ -187,6 +187,7 @@ class Mirror:
             self._fold = None
         for table in (*STORED.values(), *STATE_TABLES, "_tail_pieces", "_dropped"):
             self.con.execute(f"DELETE FROM {table}")
+        self.con.execute(LOGS_VIEW)
         self.tail.clear()
         self.tail.attach(self.con)
         self.loaded = _Loaded()

@@ -3,10 +3,10 @@
 Large tables (`_logs`, `_contexts`, `_iterations`) carry `_seg`, the published segment their
 rows came from (rows ingested here carry the id their publish will have: mirror.begin_ingest);
 the user sees them through the views `logs`, `contexts` and `iterations`, without it.
-`_logs` is itself a view: the rows DuckDB holds (`_log_rows`) and those an ingest here just
-added, still Arrow tables (`_log_tail`, registered on each connection over a stub; tail.py),
-of the pieces `_tail_pieces` lists; a piece leaves that list in the transaction that moves its
-rows into `_log_rows`, so every statement sees each record once.
+`_logs` is itself a view: the rows DuckDB holds (`_log_rows`) and, while there are any, those
+an ingest here just added, still Arrow tables (`_log_tail`, registered on each connection over
+a stub; tail.py), of the pieces `_tail_pieces` lists; a piece leaves that list in the
+transaction that moves its rows into `_log_rows`, so every statement sees each record once.
 `_contexts` holds only the contexts no record of their own stands for: the run level, those
 deeper than 3, and those without records at their depth; `_all_contexts` adds the others from
 the record flagged `defines_ctx` (one per context), so a step context costs no second row.
@@ -26,6 +26,12 @@ LOG_COLUMNS = (
     *((f"{column}_{k}", sql_type) for k in (1, 2, 3)
       for column, sql_type in (("loop", "VARCHAR"), ("iter", "BIGINT"), ("ctx", "BIGINT"))),
     ("defines_ctx", "BOOLEAN"), ("_seg", "INTEGER"))
+_LOG_NAMES = ", ".join(n for n, _ in LOG_COLUMNS)
+# `_logs` while the tail holds no live piece (the union costs ~1 ms of a 12 ms query), and while
+# it does; each is set in the transaction that makes it true (tail.py)
+LOGS_VIEW = f"CREATE OR REPLACE VIEW _logs AS SELECT {_LOG_NAMES} FROM _log_rows"
+LOGS_VIEW_WITH_TAIL = (f"{LOGS_VIEW} UNION ALL SELECT {_LOG_NAMES} FROM _log_tail "
+                       "WHERE _piece IN (SELECT piece FROM _tail_pieces)")
 # Where the rows of each segmented table are written (`_logs` is a view, see above).
 STORED = {"_logs": "_log_rows", "_contexts": "_contexts", "_iterations": "_iterations"}
 
@@ -39,10 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS _log_rows ({log_columns});
 CREATE TABLE IF NOT EXISTS _log_tail ({log_columns}, _piece INTEGER);
 CREATE TABLE IF NOT EXISTS _tail_pieces (piece INTEGER, tstamp TIMESTAMP);
-CREATE OR REPLACE VIEW _logs AS
-SELECT {log_names} FROM _log_rows
-UNION ALL
-SELECT {log_names} FROM _log_tail WHERE _piece IN (SELECT piece FROM _tail_pieces);
+CREATE OR REPLACE VIEW _logs AS SELECT {log_names} FROM _log_rows;
 CREATE OR REPLACE VIEW logs AS
 SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord
 FROM _logs;
@@ -141,7 +144,7 @@ SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        list_sort(flatten(list(types))) AS value_types
 FROM _name_depths GROUP BY value_name;
 """.replace("{log_columns}", ", ".join(f"{n} {t}" for n, t in LOG_COLUMNS)).replace(
-    "{log_names}", ", ".join(n for n, _ in LOG_COLUMNS))
+    "{log_names}", _LOG_NAMES)
 
 USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
                "names", "jobs", "job_attempts")

@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .schema import LOG_COLUMNS
+from .schema import LOG_COLUMNS, LOGS_VIEW, LOGS_VIEW_WITH_TAIL
 
 TAIL_VIEW = "_log_tail"
 FOLD_DELAY_S = 0.3  # a fold starts this long after the ingest, unless waited for sooner
@@ -60,6 +60,7 @@ class LogTail:
         self.pieces[piece] = rows.append_column("_seg", _constant(seg, n)).append_column(
             "_piece", _constant(piece, n))
         con.execute("INSERT INTO _tail_pieces VALUES (?, CAST(? AS TIMESTAMP))", [piece, tstamp])
+        con.execute(LOGS_VIEW_WITH_TAIL)  # in the same transaction: rolled back with it
         self.attach(con)
         if self.rows >= TAIL_ROWS:
             self.open = False
@@ -89,6 +90,7 @@ def fold_into_rows(con: duckdb.DuckDBPyConnection, pieces: list[int]) -> None:
         con.execute(f"INSERT INTO _log_rows SELECT {_COLUMNS} FROM {TAIL_VIEW} "
                     "WHERE _piece IN (SELECT piece FROM _tail_pieces)")
         con.execute("DELETE FROM _tail_pieces WHERE list_contains(?, piece)", [pieces])
+        con.execute(LOGS_VIEW)  # no live piece is left: `_logs` is DuckDB's table alone
     except BaseException:
         con.execute("ROLLBACK")
         raise
