@@ -4,7 +4,6 @@ before, during and after the fold, on connections made at any of those moments."
 
 from __future__ import annotations
 
-import threading
 import warnings
 from pathlib import Path
 
@@ -39,9 +38,11 @@ def held_folds(monkeypatch: pytest.MonkeyPatch) -> list[tail.Fold]:
     return held
 
 
+START = tail.Fold.start  # the real one, which held_folds replaces
+
+
 def _run_fold(fold: tail.Fold) -> None:
-    fold._started = True
-    threading.Thread(target=fold._run).start()
+    START(fold)
     fold.wait()
 
 
@@ -86,7 +87,8 @@ def test_a_connection_made_before_the_fold_counts_each_record_once_after_it(
         early = conn.session.cursor()  # reads the tail registered on it
         assert early.execute("SELECT count(*) FROM _log_tail").fetchone()[0] == 2 * RECORDS
         _run_fold(held_folds[0])
-        # its tail still holds the rows, now in `_log_rows` too: `_tail_pieces` leaves them out
+        # its tail still holds the rows, now in `_log_rows` too: after the fold `_logs` is
+        # `_log_rows` alone (and `_tail_pieces` would leave them out anyway)
         assert early.execute("SELECT count(*) FROM _log_tail").fetchone()[0] == 2 * RECORDS
         assert early.execute(COUNT).fetchone()[0] == 2 * RECORDS
         assert early.execute(IN_ROWS).fetchone()[0] == 2 * RECORDS
@@ -101,8 +103,7 @@ def test_queries_while_a_fold_runs_count_every_record_once(
         session = conn.session
         cursors = [session.cursor() for _ in range(3)]
         fold = held_folds[0]
-        fold._started = True
-        threading.Thread(target=fold._run).start()
+        START(fold)
         counts = []
         while not fold.done():
             cursors.append(session.mirror._new_cursor())  # made at any moment of the fold
@@ -171,11 +172,10 @@ def test_closing_a_connection_stops_its_fold_and_loses_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = _two_runs(tmp_path)
     started: list[tail.Fold] = []
-    real_start = tail.Fold.start
 
     def start(fold: tail.Fold) -> None:
         started.append(fold)
-        real_start(fold)
+        START(fold)
 
     monkeypatch.setattr(tail.Fold, "start", start)
     monkeypatch.setattr(tail, "FOLD_DELAY_S", 60.0)  # still waiting when the connection closes
