@@ -182,8 +182,8 @@ class Mirror:
                       "the catalog from the record files", IngestWarning, stacklevel=4)
 
     def _reset(self) -> None:
-        if self._fold is not None:  # it writes `_log_rows`: let it end, then empty everything
-            self._fold.wait()
+        if self._fold is not None:  # everything goes: stop it, then empty the tables
+            self._fold.cancel()
             self._fold = None
         for table in (*STORED.values(), *STATE_TABLES, "_tail_pieces", "_dropped"):
             self.con.execute(f"DELETE FROM {table}")

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS _log_rows ({log_columns});
 CREATE TABLE IF NOT EXISTS _log_tail ({log_columns}, _piece INTEGER);
 CREATE TABLE IF NOT EXISTS _tail_pieces (piece INTEGER, tstamp TIMESTAMP);
-CREATE OR REPLACE VIEW _logs AS SELECT {log_names} FROM _log_rows;
+{logs_view};
 CREATE OR REPLACE VIEW logs AS
 SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord
 FROM _logs;
@@ -144,7 +144,7 @@ SELECT value_name AS name, string_agg(DISTINCT kind, ',' ORDER BY kind) AS kind,
        list_sort(flatten(list(types))) AS value_types
 FROM _name_depths GROUP BY value_name;
 """.replace("{log_columns}", ", ".join(f"{n} {t}" for n, t in LOG_COLUMNS)).replace(
-    "{log_names}", _LOG_NAMES)
+    "{logs_view}", LOGS_VIEW)
 
 USER_TABLES = ("runs", "logs", "contexts", "loops", "checkpoints", "iterations", "replays",
                "names", "jobs", "job_attempts")

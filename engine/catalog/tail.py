@@ -3,7 +3,9 @@
     tail = LogTail()                    one per mirror (mirror.py)
     tail.add(con, rows, seg, tstamp)    an ingest's `_logs` rows (rows.py), queryable at once
     tail.attach(cursor)                 what every connection of the mirror reads as `_log_tail`
-    Fold(cursor, pieces).run()          move them into `_log_rows` and compress (a thread)
+    fold_into_rows(con, pieces)         move them into `_log_rows`, in the caller's thread
+    Fold(cursor, pieces, rows, db)      the same, then compress, on a thread (.start, .wait,
+                                        .cancel when the mirror closes)
 
 Appending 1M records to DuckDB's own table and compressing them costs ~0.6 s on 2 cores, more
 than decoding them. The ingest therefore leaves its rows in the Arrow tables it built anyway:
@@ -12,10 +14,13 @@ ingest has published, a thread moves them into `_log_rows` and compresses them w
 go on. Which pieces are live is DuckDB's table `_tail_pieces`, so transactions keep it exact:
 a rolled-back run's piece, or one `drop_run` removed, is never seen; the fold inserts a piece's
 rows and deletes it from `_tail_pieces` in one transaction, so a statement sees each record
-once, in the tail or in `_log_rows`, whichever its snapshot holds.
+once, in the tail or in `_log_rows`, whichever its snapshot holds. The same transactions
+switch `_logs` between the union (a piece was added) and `_log_rows` alone (the last one was
+folded), so queries pay for no union while the tail is empty.
 
 A connection sees the tail registered on it when it was made (mirror.cursor); the mirror's
-own connection is re-registered after each change, always in the thread that uses it.
+own connection is re-registered after each change, always in the thread that uses it. A fold
+takes every piece of the tail: nothing adds one while it runs (mirror.quiesce waits first).
 """
 
 from __future__ import annotations
