@@ -36,6 +36,7 @@ class Dictionaries(Protocol):
 
     def loop_indices(self, texts: list[str]) -> np.ndarray: ...
 
+
 VALUE_TYPES = ("float", "int", "bool", "str", "json", "null")  # value_type's dictionary
 _TYPE_INDEX = {t: i for i, t in enumerate(VALUE_TYPES)}
 
