@@ -379,13 +379,42 @@ def test_segments_an_older_version_wrote_in_parquet_still_load(tmp_path: Path) -
     for segments in manifest["segments"].values():
         for segment in segments:
             old = catalog / segment[1]
-            with pa.ipc.open_stream(old) as stream:
-                pq.write_table(stream.read_all(), old.with_suffix(".parquet"))
+            pq.write_table(_plain_rows(old), old.with_suffix(".parquet"))
             segment[1] = old.with_suffix(".parquet").name
             old.unlink()
+    manifest["format"] = "florsql-catalog/1"
     (catalog / "manifest.json").write_text(json.dumps(manifest))
     with florsql.connect(repo) as loaded:
         assert _rows(loaded) == mine
+
+
+def test_segments_an_older_version_wrote_without_steps_still_load(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
+    run_script(repo, "train.py", "--flor", "a")
+    with florsql.connect(repo) as ingested:
+        mine = _rows(ingested)
+    catalog = repo / ".flor" / "catalog"
+    manifest = _manifest(repo)
+    for _, name, _ in manifest["segments"]["_logs"]:
+        plain = _plain_rows(catalog / name)
+        assert plain.column("ord").to_pylist() != pa.ipc.open_stream(
+            catalog / name).read_all().column("ord").to_pylist()  # the file held steps
+        with pa.ipc.new_stream(catalog / name, plain.schema) as stream:  # as format 1 wrote it
+            stream.write_table(plain)
+    manifest["format"] = "florsql-catalog/1"
+    (catalog / "manifest.json").write_text(json.dumps(manifest))
+    with florsql.connect(repo) as loaded:
+        assert _rows(loaded) == mine
+        loaded.execute("SELECT 1").fetchall()
+    assert _manifest(repo)["format"] == "florsql-catalog/1"  # read, not rebuilt
+
+
+def _plain_rows(segment: Path) -> pa.Table:
+    """A segment's rows as an older version stored them: BIGINT columns as they are."""
+    from florsql.engine.catalog.codec import decode_batch
+
+    with pa.ipc.open_stream(segment) as stream:
+        return pa.Table.from_batches([decode_batch(b) for b in stream])
 
 
 def test_a_segment_writer_that_fails_leaves_the_rows_to_the_export(

@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 
 from flor.housekeeping import temp_path
 
+from .codec import decode_batch, encode_batch, encoded_schema
+
 SEGMENT_SUFFIX = ".arrow"
 # zstd on one thread: on pyarrow's pool it took both cores of a small machine from the ingest.
 # (lz4 writes 1M records in 0.08 s instead of 0.13, for twice the disk: 0.95 of the parts.)
@@ -160,14 +162,16 @@ class SegmentSink:
             name = segment_name(self.version, table)
             handle = open(temp_path(self.directory / name), "wb")
             try:
-                writer = pa.ipc.new_stream(handle, rows.schema, options=IPC_OPTIONS)
+                writer = pa.ipc.new_stream(handle, encoded_schema(rows.schema),
+                                           options=IPC_OPTIONS)
             except BaseException:
                 handle.close()
                 raise
             stream = self._open[table] = _Open(name, handle, writer, rows.schema)
         if not rows.schema.equals(stream.schema):  # another batch's types: one stream, one schema
             rows = rows.cast(stream.schema)
-        stream.writer.write_table(rows)
+        for batch in rows.to_batches():
+            stream.writer.write_batch(encode_batch(batch))
         stream.rows += rows.num_rows
 
 
@@ -183,10 +187,12 @@ def _batches(handle) -> Iterator[pa.RecordBatch]:
     """A segment's rows a batch at a time: an Arrow IPC stream, or Parquet (older catalogs)."""
     if handle.read(4) == b"PAR1":
         handle.seek(0)
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=_BATCH_ROWS)
-        return
-    handle.seek(0)
-    yield from pa.ipc.open_stream(handle)
+        batches = pq.ParquetFile(handle).iter_batches(batch_size=_BATCH_ROWS)
+    else:
+        handle.seek(0)
+        batches = pa.ipc.open_stream(handle)
+    for batch in batches:
+        yield decode_batch(batch)  # as written: an older segment has no step columns
 
 
 def _tables_of(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:

@@ -46,10 +46,12 @@ import pyarrow.parquet as pq
 from flor.housekeeping import atomic_file, write_atomic
 
 from ..errors import CatalogLockedError, IngestWarning
+from .codec import encode_batch, encoded_schema
 from .schema import STORED
 from .sink import IPC_OPTIONS, SegmentSink, file_token, segment_name
 
-FORMAT = "florsql-catalog/1"
+FORMAT = "florsql-catalog/2"  # 2: BIGINT columns stored as steps (codec.py)
+READABLE_FORMATS = ("florsql-catalog/1", FORMAT)  # a /1 segment has no step columns: read as is
 MANIFEST = "manifest.json"
 LOCK_FILE = "ingest.lock"
 # Rows that grow with every record or step: published as append-only segments.
@@ -95,7 +97,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in READABLE_FORMATS:
             raise ValueError(f"not a {FORMAT} manifest")
         segments = {t: [Segment(int(i), _name(f), int(n)) for i, f, n in doc["segments"].get(t, [])]
                     for t in SEGMENTED}
@@ -268,9 +270,10 @@ class Store:
         with atomic_file(self.dir / name) as fh:
             reader = relation.to_arrow_reader(_WRITE_BATCH_ROWS)
             try:
-                with pa.ipc.new_stream(fh, reader.schema, options=IPC_OPTIONS) as writer:
+                with pa.ipc.new_stream(fh, encoded_schema(reader.schema),
+                                       options=IPC_OPTIONS) as writer:
                     for batch in reader:
-                        writer.write_batch(batch)
+                        writer.write_batch(encode_batch(batch))
                         rows += batch.num_rows
             finally:
                 reader.close()  # the connection is busy until its result is closed
