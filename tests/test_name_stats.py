@@ -115,3 +115,33 @@ def test_a_rebuilt_run_and_a_deleted_run_keep_exact_statistics(tmp_path: Path) -
         assert conn.execute("SELECT count(DISTINCT tstamp) FROM _name_stats").fetchone() == (1,)
     with florsql.connect(repo, replay="off") as other:  # loaded from the published catalog
         assert_statistics_exact(other)
+
+
+def test_distinct_contexts_per_group_equal_a_set_count_whichever_way_they_are_counted(
+        monkeypatch) -> None:
+    import numpy as np
+
+    from florsql.engine.catalog import name_stats
+
+    rng = np.random.default_rng(3)
+    for groups in (1, 2, 5):
+        ctx_row = rng.integers(0, 300, 2_000).astype(np.int64)
+        group = rng.integers(0, groups, 2_000).astype(np.int8)
+        expected = [len({c for c, g in zip(ctx_row.tolist(), group.tolist(), strict=True)
+                         if g == k}) for k in range(groups)]
+        marked = name_stats._contexts_per_group(ctx_row, group, groups)
+        with monkeypatch.context() as patched:
+            patched.setattr(name_stats, "_MARK_LIMIT", 10)  # too large to mark: sorted
+            ordered = name_stats._contexts_per_group(ctx_row, group, groups)
+        assert marked.tolist() == ordered.tolist() == expected
+
+
+def test_the_loops_present_are_those_some_record_sits_in() -> None:
+    import numpy as np
+
+    from florsql.engine.catalog.name_stats import _loops_present
+
+    assert _loops_present(np.full(5, 3, np.int32)) == [3]
+    assert _loops_present(np.full(5, -1, np.int32)) == []
+    assert _loops_present(np.array([-1, 4, 2, 4, -1], np.int32)) == [2, 4]
+    assert _loops_present(np.empty(0, np.int32)) == []
