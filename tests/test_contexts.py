@@ -9,11 +9,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 from test_name_stats import SCRIPT
 
 import florsql
 from conftest import make_repo, run_script
-from florsql.engine.catalog import definitions
+from florsql.engine.catalog import pieces
 from florsql.engine.catalog.parts import read_part
 from florsql.engine.catalog.rows import RowBatch, rows_of_part
 
@@ -85,16 +86,30 @@ def _loop_and_iteration(step: str) -> tuple[str, int]:
     return loop, int(iteration)
 
 
-def test_record_columns_gathered_on_several_threads_equal_those_gathered_on_one(
+def test_rows_built_in_chunks_on_several_threads_equal_those_built_in_one_piece(
         tmp_path: Path, monkeypatch) -> None:
+    """A batch's records are cut into chunks built on a thread each (pieces.py): the table,
+    which records stand for their contexts, and the statistics keys do not depend on it, even
+    where a context's records span chunks (an epoch's two `acc` records)."""
     repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT})
     run_script(repo, "train.py")
     run_dir = next((repo / ".flor" / "runs").iterdir())
-    tables = []
-    for threshold in (10**12, 0):  # one thread, then a thread per core (from 100k records)
-        monkeypatch.setattr(definitions, "_PARALLEL_GATHER", threshold)
+    built = []
+    for chunk, threshold in ((10**9, 10**12), (3, 0)):  # one piece a part; chunks of 3 records
+        monkeypatch.setattr(pieces, "CHUNK_RECORDS", chunk)
+        monkeypatch.setattr(pieces, "_PARALLEL_RECORDS", threshold)
         batch = RowBatch(tstamp="2026-01-01T00:00:00.000000")
         for part in sorted((run_dir / "parts").iterdir()):
             rows_of_part(read_part(part), batch)
-        tables.append(batch._tables()[0])
-    assert tables[0].num_rows > 0 and tables[0].equals(tables[1])
+        definitions = batch._definitions()
+        chunks = pieces.build_pieces(batch._records, pieces.BatchShape(
+            definitions, list(batch._names), list(batch._loops), batch.tstamp, batch.source,
+            np.empty(0, np.int64)))
+        claimed = pieces.claim_contexts(chunks, len(definitions.ids))
+        built.append((pieces.joined_table(chunks), sorted(np.concatenate(claimed).tolist()),
+                      np.concatenate([c.keys.ctx_row for c in chunks])))
+    (one, one_claimed, one_rows), (many, many_claimed, many_rows) = built
+    assert one.num_rows > 0 and one.column("defines_ctx").to_pylist().count(True) > 0
+    assert len(many.column("ord").chunks) > len(one.column("ord").chunks)
+    assert many.equals(one) and many_claimed == one_claimed
+    assert np.array_equal(many_rows, one_rows)

@@ -129,10 +129,11 @@ def test_distinct_contexts_per_group_equal_a_set_count_whichever_way_they_are_co
         group = rng.integers(0, groups, 2_000).astype(np.int8)
         expected = [len({c for c, g in zip(ctx_row.tolist(), group.tolist(), strict=True)
                          if g == k}) for k in range(groups)]
-        marked = name_stats._contexts_per_group(ctx_row, group, groups)
+        marked = name_stats._contexts_per_group([ctx_row[:900], ctx_row[900:]],
+                                                [group[:900], group[900:]], groups)
         with monkeypatch.context() as patched:
             patched.setattr(name_stats, "_MARK_LIMIT", 10)  # too large to mark: sorted
-            ordered = name_stats._contexts_per_group(ctx_row, group, groups)
+            ordered = name_stats._contexts_per_group([ctx_row], [group], groups)
         assert marked.tolist() == ordered.tolist() == expected
 
 

@@ -3,8 +3,8 @@
     PartContexts(loop_names, loop_index, cols)   one part's contexts: catalog ids, depths,
                                                  ancestors at depths 1..3 (and paths when asked)
     Definitions(pieces, levels)                  the run level, then every part's, numbered in
-                                                 that order: a record's columns gathered from
-                                                 its own part, `_contexts` rows for those kept
+                                                 that order: a record's columns taken from its
+                                                 own part, `_contexts` rows for those kept
 
 Context ids are a function of the context's path (parts.py), so no part needs the catalog's
 contexts. Everything is computed level by level over whole arrays, never a Python step per
@@ -15,8 +15,6 @@ on the parent and the loop only (the id's base, the path's prefix) is computed o
 from __future__ import annotations
 
 import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -73,46 +71,46 @@ class Definitions:
         return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels
                                      for c in ("loop", "iter", "ctx"))]
 
-    def gather(self, records: list[dict], count: int) -> dict[str, np.ndarray]:
-        """Each record's context columns (`record_keys`), from its context's definition in its
-        own part (the run level for local id 0); each piece's indices are worked out once."""
-        where = [None if p["part"] < 0 or not len(self.pieces[p["part"] + 1]["ctx_id"])
-                 else (p["ctx"].astype(np.int64) - 1, p["ctx"] == 0) for p in records]
-        keys = self.record_keys()
-        if count < _PARALLEL_GATHER:
-            return {key: self._gather(key, records, where, count) for key in keys}
-        with ThreadPoolExecutor(_GATHERERS, thread_name_prefix="flor-gather") as pool:
-            # numpy's take lets go of the GIL: 16 columns of 1M records, 0.047 -> ~0.025 s
-            return dict(zip(keys, pool.map(
-                lambda key: self._gather(key, records, where, count), keys), strict=True))
-
-    def _gather(self, key: str, records: list[dict], where: list, count: int) -> np.ndarray:
-        top = _value_at_run_level(key)
-        out = np.empty(count, top.dtype)
-        start = 0
-        for piece, at in zip(records, where, strict=True):
-            stop = start + piece["size"]
-            source = None if at is None else self.pieces[piece["part"] + 1].get(key)
-            if at is None:  # the run level's records, or a part defining no context
-                out[start:stop] = top[0]
-            elif source is None:  # this part reaches no such depth
-                out[start:stop] = no_ancestor(key, 1)[0]
-            else:
-                index, at_top = at
-                np.take(source, index, out=out[start:stop], mode="clip")
-                if at_top.any():
-                    out[start:stop][at_top] = top[0]
-            start = stop
-        return out
+    def record_columns(self, part: int, ctx: np.ndarray | None, size: int
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The context columns (`record_keys`) of `size` records of part `part` (-1: the run
+        level) whose local context ids are `ctx`, taken from that part's definitions (local id
+        0 is the run level); and each record's definition row (the first of its id)."""
+        own = None if part < 0 or not len(self.pieces[part + 1]["ctx_id"]) else \
+            self.pieces[part + 1]
+        if own is None:  # the run level's records, or a part defining no context
+            columns = {key: np.full(size, _value_at_run_level(key)[0])
+                       for key in self.record_keys()}
+            return columns, np.zeros(size, np.int64)
+        index = ctx.astype(np.int64)
+        index -= 1
+        at_top = ctx == 0
+        top = at_top.any()
+        columns = {}
+        for key in self.record_keys():
+            run_level = _value_at_run_level(key)
+            source = own.get(key)
+            if source is None:  # this part reaches no such depth
+                columns[key] = np.full(size, no_ancestor(key, 1)[0])
+                continue
+            column = columns[key] = np.empty(size, run_level.dtype)
+            np.take(source, index, out=column, mode="clip")
+            if top:
+                column[at_top] = run_level[0]
+        index += self.ends[part]  # the row of local id c is ends[part] + c - 1
+        if top:
+            index[at_top] = 0
+        return columns, index if self.canonical is None else self.canonical[index]
 
     def kept_rows(self) -> np.ndarray:
         return np.arange(len(self.ids)) if self.keep is None else np.flatnonzero(self.keep)
 
-    def stored_rows(self, claimed: np.ndarray, known: np.ndarray) -> np.ndarray:
+    def stored_rows(self, claimed: list[np.ndarray], known: np.ndarray) -> np.ndarray:
         """The rows `_contexts` gets: each context once, unless a record stands for it
-        (`claimed`: rows) or the catalog holds it already (`known`: ids)."""
+        (`claimed`: rows, per chunk of records) or the catalog holds it already (`known`)."""
         stored = np.ones(len(self.ids), bool) if self.keep is None else self.keep.copy()
-        stored[claimed] = False
+        for rows in claimed:
+            stored[rows] = False
         if len(known):
             stored &= ~np.isin(self.ids, known)
         return np.flatnonzero(stored)
@@ -135,10 +133,6 @@ class Definitions:
              pa.array(cols["parent_id"], mask=top), dictionary(loop, loop_values, loop < 0),
              pa.array(cols["iteration"], mask=top),
              *ancestor_arrays(cols, self.levels, len(loop), loop_values)], schema=CTX_SCHEMA)
-
-
-_PARALLEL_GATHER = 100_000  # records from which the columns are gathered on several threads
-_GATHERERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _value_at_run_level(key: str) -> np.ndarray:

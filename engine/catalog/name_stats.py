@@ -1,7 +1,7 @@
 """The name and loop statistics of a run (`_name_stats`, `_loop_stats`), kept as records arrive.
 
-    keys = RecordKeys(...)                  a batch's records, as numpy arrays (rows.py)
-    merge_batch_stats(con, tstamp, keys, known, deep_loops)
+    keys = RecordKeys(...)                  a chunk of a batch's records, as numpy arrays
+    merge_batch_stats(con, tstamp, [keys, ...], known, deep_loops)
                                             before the batch's rows are inserted
 
 An ingest used to recompute a changed run's statistics from all its rows in SQL: 0.3 s per
@@ -54,13 +54,14 @@ class _Group:
     kind: str
 
 
-def merge_batch_stats(con: Any, tstamp: str, keys: RecordKeys, known: np.ndarray,
+def merge_batch_stats(con: Any, tstamp: str, chunks: list[RecordKeys], known: np.ndarray,
                       deep_loops: list[tuple[str, int]]) -> None:
-    """Add the batch's records to the run's statistics (run before they are inserted, so
-    `_logs` holds only the run's earlier rows); `known`: the ids of the batch's contexts
-    stored before it; `deep_loops`: (loop name, depth) of its contexts deeper than 3."""
-    group, batch = _batch_stats(keys)
-    overlap = _overlap(con, tstamp, keys, known, group)
+    """Add the batch's records (`chunks` of them, pieces.py) to the run's statistics (run
+    before they are inserted, so `_logs` holds only the run's earlier rows); `known`: the ids
+    of the batch's contexts stored before it; `deep_loops`: (loop name, depth) of its contexts
+    deeper than 3."""
+    groups, batch = _batch_stats(chunks)
+    overlap = _overlap(con, tstamp, chunks, known, groups)
     old = con.execute("SELECT value_name, depth, kind, records, contexts, types, over_int64, "
                       "over_int128 FROM _name_stats WHERE tstamp = CAST(? AS TIMESTAMP)",
                       [tstamp]).fetchall()
@@ -77,37 +78,48 @@ def merge_batch_stats(con: Any, tstamp: str, keys: RecordKeys, known: np.ndarray
         "INSERT INTO _name_stats VALUES (CAST(? AS TIMESTAMP), lower(?), ?, ?, ?, ?, ?, ?, ?, ?)",
         [[tstamp, g.name, g.name, g.depth, g.kind, r, c, sorted(t), o64, o128]
          for g, (r, c, t, o64, o128) in merged.items()])
-    _merge_loops(con, tstamp, keys, deep_loops)
+    _merge_loops(con, tstamp, chunks, deep_loops)
 
 
-def _batch_stats(keys: RecordKeys) -> tuple[np.ndarray, dict[_Group, list]]:
-    """Each record's group (name, depth, kind) as a dense number, and per group: records,
-    distinct contexts, value types, ints beyond 64 and 128 bits."""
-    depths = int(keys.depth.max()) + 1
-    code = _group_codes(keys, depths)
-    records = np.bincount(code)
+def _batch_stats(chunks: list[RecordKeys]) -> tuple[list[np.ndarray], dict[_Group, list]]:
+    """Each record's group (name, depth, kind) as a dense number (per chunk), and per group:
+    records, distinct contexts, value types, ints beyond 64 and 128 bits."""
+    names, types = chunks[0].names, chunks[0].types
+    depths = max(int(k.depth.max()) for k in chunks) + 1
+    codes = [_group_codes(k, depths) for k in chunks]
+    records = _summed([np.bincount(code) for code in codes])
     present = np.flatnonzero(records)
     count = len(present)
     dense = np.zeros(len(records), _small_int(count))
     dense[present] = np.arange(count)
-    group = dense[code]
-    contexts = _contexts_per_group(keys.ctx_row, group, count)
+    groups = [dense[code] for code in codes]
+    contexts = _contexts_per_group([k.ctx_row for k in chunks], groups, count)
     stats: dict[_Group, list] = {}
     for g, code_of_group in enumerate(present.tolist()):
         kind, rest = code_of_group % 2, code_of_group // 2
         name, depth = divmod(rest, depths)
-        stats[_Group(keys.names[name], depth, ("log", "arg")[kind])] = [
+        stats[_Group(names[name], depth, ("log", "arg")[kind])] = [
             int(records[code_of_group]), int(contexts[g]), set(), 0, 0]
-    groups = list(stats)
-    kinds = len(keys.types)
-    typed = np.flatnonzero(np.bincount(code * kinds + keys.value_type))  # small: codes x types
+    listed = list(stats)
+    kinds = len(types)
+    typed = np.flatnonzero(_summed([np.bincount(code * kinds + k.value_type)  # codes x types
+                                    for code, k in zip(codes, chunks, strict=True)]))
     for at in typed.tolist():
-        stats[groups[dense[at // kinds]]][2].add(keys.types[at % kinds])
+        stats[listed[dense[at // kinds]]][2].add(types[at % kinds])
     if any("int" in entry[2] for entry in stats.values()):
-        for g, over64, over128 in _big_ints(keys):
-            stats[groups[group[g]]][3] += over64
-            stats[groups[group[g]]][4] += over128
-    return group, stats
+        for keys, group in zip(chunks, groups, strict=True):
+            for g, over64, over128 in _big_ints(keys):
+                stats[listed[group[g]]][3] += over64
+                stats[listed[group[g]]][4] += over128
+    return groups, stats
+
+
+def _summed(counts: list[np.ndarray]) -> np.ndarray:
+    """Bincounts of different lengths, added up."""
+    total = np.zeros(max(len(c) for c in counts), np.int64)
+    for c in counts:
+        total[:len(c)] += c
+    return total
 
 
 def _group_codes(keys: RecordKeys, depths: int) -> np.ndarray:
@@ -126,29 +138,32 @@ def _small_int(count: int) -> type:
     return np.int8 if count < 1 << 7 else np.int16 if count < 1 << 15 else np.int32
 
 
-def _contexts_per_group(ctx_row: np.ndarray, group: np.ndarray, count: int) -> np.ndarray:
-    """Per group, how many distinct contexts (rows of the batch's definitions) hold it: by
-    marking each (context, group) in a table when that fits in 16 MB (one pass), else by
-    sorting the pairs (~4x slower on 1M records)."""
-    if not len(ctx_row):
+def _contexts_per_group(ctx_rows: list[np.ndarray], groups: list[np.ndarray], count: int
+                        ) -> np.ndarray:
+    """Per group, how many distinct contexts (rows of the batch's definitions) hold it, over
+    every chunk (`ctx_rows`, `groups`: per chunk): by marking each (context, group) in a table
+    when that fits in 16 MB (one pass), else by sorting the pairs (~4x slower on 1M records)."""
+    rows = max((int(r.max()) + 1 for r in ctx_rows if len(r)), default=0)
+    if not rows:
         return np.zeros(count, np.int64)
-    rows = int(ctx_row.max()) + 1
     if rows * count > _MARK_LIMIT:
-        pairs = ctx_row * count
-        pairs += group
+        pairs = np.concatenate([_pairs(r, g, count) for r, g in zip(ctx_rows, groups,
+                                                                        strict=True)])
         return np.bincount(_distinct(pairs) % count, minlength=count)
     seen = np.zeros(rows * count, bool)
-    if count == 1:
-        seen[ctx_row] = True
-    else:
-        pairs = ctx_row * count
-        pairs += group
-        seen[pairs] = True
+    for ctx_row, group in zip(ctx_rows, groups, strict=True):
+        seen[ctx_row if count == 1 else _pairs(ctx_row, group, count)] = True
     # column g of the (context, group) table: every count-th item from g
     return np.array([np.count_nonzero(seen[g::count]) for g in range(count)], np.int64)
 
 
 _MARK_LIMIT = 16 << 20
+
+
+def _pairs(ctx_row: np.ndarray, group: np.ndarray, count: int) -> np.ndarray:
+    pairs = ctx_row * count
+    pairs += group
+    return pairs
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -182,24 +197,31 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def _overlap(con: Any, tstamp: str, keys: RecordKeys, known: np.ndarray,
-             group: np.ndarray) -> dict[_Group, int]:
+def _overlap(con: Any, tstamp: str, chunks: list[RecordKeys], known: np.ndarray,
+             groups: list[np.ndarray]) -> dict[_Group, int]:
     """Per group, the contexts among `known` that hold a record of it in earlier rows."""
     if not len(known):
         return {}
-    mine = np.flatnonzero(np.isin(keys.ctx_id, known))
-    if not len(mine):
+    mine = [np.flatnonzero(np.isin(k.ctx_id, known)) for k in chunks]
+    if not any(len(m) for m in mine):
         return {}
-    pair = keys.ctx_row[mine] * (int(group.max()) + 1) + group[mine]
+
+    def joined(column: str) -> np.ndarray:
+        return np.concatenate([getattr(k, column)[m] for k, m in zip(chunks, mine,
+                                                                      strict=True)])
+
+    group = np.concatenate([g[m] for g, m in zip(groups, mine, strict=True)]).astype(np.int64)
+    ctx_id, name, depth, kind = joined("ctx_id"), joined("name"), joined("depth"), joined("kind")
+    pair = joined("ctx_row") * (int(group.max()) + 1) + group
     order = np.argsort(pair, kind="stable")
     first = np.ones(len(order), bool)
     np.not_equal(pair[order][1:], pair[order][:-1], out=first[1:])
-    at = mine[order[first]]  # one record per (context, group)
+    at = order[first]  # one record per (context, group)
     pairs = pa.table({
-        "ctx_id": keys.ctx_id[at],
-        "value_name": pa.array([keys.names[i] for i in keys.name[at].tolist()], pa.string()),
-        "depth": keys.depth[at].astype(np.int32),
-        "kind": pa.array(np.where(keys.kind[at] == 1, "arg", "log"), pa.string())})
+        "ctx_id": ctx_id[at],
+        "value_name": pa.array([chunks[0].names[i] for i in name[at].tolist()], pa.string()),
+        "depth": depth[at].astype(np.int32),
+        "kind": pa.array(np.where(kind[at] == 1, "arg", "log"), pa.string())})
     name = "_florsql_stat_pairs"
     con.register(name, pairs)
     try:
@@ -212,12 +234,13 @@ def _overlap(con: Any, tstamp: str, keys: RecordKeys, known: np.ndarray,
     return {_Group(n, d, k): c for n, d, k, c in rows}
 
 
-def _merge_loops(con: Any, tstamp: str, keys: RecordKeys,
+def _merge_loops(con: Any, tstamp: str, chunks: list[RecordKeys],
                  deep_loops: list[tuple[str, int]]) -> None:
     """The loop names records sit in at depths 1..3, and those of contexts deeper than 3."""
     found = set(deep_loops)
-    for k, loop in keys.loops:
-        found |= {(keys.loop_names[i], k) for i in _loops_present(loop)}
+    for keys in chunks:
+        for k, loop in keys.loops:
+            found |= {(keys.loop_names[i], k) for i in _loops_present(loop)}
     if not found:
         return
     known = set(con.execute("SELECT loop_name, depth FROM _loop_stats WHERE tstamp = "

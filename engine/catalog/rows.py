@@ -1,17 +1,17 @@
 """Turn checked record parts (parts.py) into catalog rows, as Arrow columns, and insert them.
 
 Rows are built with whole-array operations, never one Python step per record. Each part is
-decoded by decode.py (its contexts by definitions.py); each record's context columns are
-gathered from its own part's definitions when a batch is inserted, so each row of `_logs`
-carries its enclosing contexts at depths 1..3 (`loop_k`, `iter_k`, `ctx_k`; k = depth is the
-row's own context) and `history` reads loop dimensions and outer contexts from the row itself.
-The first record of a context at depth 1..3 stands for it (`defines_ctx`); `_contexts` gets
-the contexts no record stands for, once.
+decoded by decode.py (its contexts by definitions.py); when a batch is inserted, its records'
+rows are built a chunk at a time on a thread each (pieces.py), each record's context columns
+gathered from its own part's definitions, so each row of `_logs` carries its enclosing contexts
+at depths 1..3 (`loop_k`, `iter_k`, `ctx_k`; k = depth is the row's own context) and `history`
+reads loop dimensions and outer contexts from the row itself. The first record of a context at
+depth 1..3 stands for it (`defines_ctx`); `_contexts` gets the contexts no record stands for,
+once.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,35 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .decode import VALUE_TYPES, DecodedPart, prepare_part
-from .definitions import (
-    ANCESTOR_FIELDS,
-    ANCESTOR_LEVELS,
-    CTX_COLUMNS,
-    RUN_LEVEL,
-    TEXT_DICT,
-    Definitions,
-    ancestor_arrays,
-    concat_pieces,
-    dictionary,
-)
-from .name_stats import RecordKeys, merge_batch_stats
+from .decode import DecodedPart, prepare_part
+from .definitions import ANCESTOR_LEVELS, CTX_COLUMNS, RUN_LEVEL, Definitions
+from .name_stats import merge_batch_stats
 from .parts import Part
+from .pieces import BatchShape, build_pieces, claim_contexts, joined_table
 from .schema import STORED
 from .sink import SegmentSink
 from .tail import LogTail
 
 _INSERT_CHUNK_ROWS = 122_880  # DuckDB's row group
-_KINDS = ("log", "arg")
-_SMALL_DICT = pa.dictionary(pa.int8(), pa.string())
-LOG_SCHEMA = pa.schema([
-    pa.field("ctx_id", pa.int64()), pa.field("depth", pa.int32()),
-    pa.field("value_name", TEXT_DICT), pa.field("value_type", _SMALL_DICT),
-    pa.field("value_num", pa.float64()), pa.field("value_text", pa.string()),
-    pa.field("kind", _SMALL_DICT), pa.field("ord", pa.int64()), *ANCESTOR_FIELDS])
-_TYPE_VALUES = pa.array(VALUE_TYPES, pa.string())
-_KIND_VALUES = pa.array(_KINDS, pa.string())
-
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -70,9 +51,9 @@ class RowBatch:
 
     Each part adds its context definitions (ids, paths, ancestors: numpy arrays in the part's
     order) and its records (the context each refers to, names as indices into the batch's own
-    dictionary, values); `insert_into` joins them into one single-chunk Arrow table per table
-    (DuckDB appends one large chunk far faster than many small ones), taking each record's
-    context columns from the joined contexts in one gather per column."""
+    dictionary, values); `insert_into` builds the `_logs` rows a chunk of records at a time
+    (pieces.py: each chunk's context columns taken from its own part's definitions) and
+    joins the chunks' tables without copying them."""
 
     tstamp: str
     source: str = "forward"
@@ -89,7 +70,7 @@ class RowBatch:
         """The context rows as tuples in `CTX_COLUMNS` order, each context once."""
         if not self._contexts:
             return []
-        definitions = self._tables()[2]
+        definitions = self._definitions()
         table = definitions.table(definitions.kept_rows(), self._loop_values())
         return list(zip(*(table.column(c).to_pylist() for c in CTX_COLUMNS), strict=True))
 
@@ -99,22 +80,24 @@ class RowBatch:
         A context already stored for the run, or listed by several parts, is stored once."""
         out = out or Output()
         if self.count or self._contexts:
-            logs, keys, definitions = self._tables()
-            known = _stored_ids(con, definitions, self.tstamp)
+            definitions = self._definitions()
+            known = _stored_ids(con, definitions if self._contexts else None, self.tstamp)
+            built = build_pieces(self._records, BatchShape(
+                definitions, list(self._names), list(self._loops), self.tstamp, self.source,
+                known))
+            claimed = claim_contexts(built, len(definitions.ids))
             contexts = None
-            defines = None if keys is None else _defining_records(keys, known)
-            if definitions is not None:  # neither stored yet nor stood for by a record
-                claimed = keys.ctx_row[defines] if keys is not None else np.empty(0, np.int64)
+            if self._contexts:  # neither stored yet nor stood for by a record
                 contexts = definitions.table(definitions.stored_rows(claimed, known),
                                              self._loop_values())
-            if logs is not None:
-                logs = self._whole(logs.append_column("defines_ctx", pa.array(defines)),
-                                   source=True)
+            if built:
+                logs = joined_table(built)
                 _to_segment(out, "_logs", logs)  # written while the statistics are worked out
                 # before the rows are stored: they look up the run's earlier records only
-                merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
+                merge_batch_stats(con, self.tstamp, [c.keys for c in built], known,
+                                  _deep_loops(contexts))
                 _store(con, out, "_logs", logs, self.tstamp)
-            del logs, keys
+            del built
             if contexts is not None:
                 _append(con, out, "_contexts", self._whole(contexts))
         if self.iterations:
@@ -124,69 +107,19 @@ class RowBatch:
                 names=["loop_name", "iteration", "seconds", "source"])
             _append(con, out, "_iterations", self._whole(rows))
 
-    def _whole(self, rows: pa.Table, source: bool = False) -> pa.Table:
-        """`rows` behind their run's tstamp (and the records' source): every column of the
-        table but `_seg`, as the segment holds them."""
-        n = rows.num_rows
-        tstamp = pa.array(np.full(n, np.datetime64(self.tstamp, "us")), pa.timestamp("us"))
-        rows = rows.add_column(0, "tstamp", tstamp)
-        if source:
-            where = rows.schema.get_field_index("ord")
-            rows = rows.add_column(where, "source", dictionary(
-                np.zeros(n, np.int8), pa.array([self.source], pa.string())))
-        return rows
+    def _whole(self, rows: pa.Table) -> pa.Table:
+        """`rows` behind their run's tstamp: every column of the table but `_seg`, as the
+        segment holds them."""
+        tstamp = pa.array(np.full(rows.num_rows, np.datetime64(self.tstamp, "us")),
+                          pa.timestamp("us"))
+        return rows.add_column(0, "tstamp", tstamp)
 
-    def _tables(self) -> tuple[pa.Table | None, RecordKeys | None, Definitions | None]:
-        """The rows for `_logs` (None: no records), the records' keys (for their statistics,
-        name_stats.py), and the batch's context definitions (None: no part)."""
+    def _definitions(self) -> Definitions:
+        """The batch's context definitions: the run level, then each part's."""
         pieces = [RUN_LEVEL, *self._contexts]
         levels = [k for k in range(1, ANCESTOR_LEVELS + 1)
                   if any(f"loop_{k}" in p for p in pieces)]  # no part reaches the others
-        definitions = Definitions(pieces, levels)
-        logs, keys = self._log_table(definitions)
-        return logs, keys, definitions if self._contexts else None
-
-    def _log_table(self, definitions: Definitions) -> tuple[pa.Table | None,
-                                                             RecordKeys | None]:
-        """The records' rows and keys; each record's context columns are gathered from the
-        definitions of its own part (or the run level), without joining them first."""
-        pieces = self._records
-        if not self.count:
-            return None, None
-        at = np.empty(self.count, np.int64)  # each record's row among the joined definitions
-        start = 0
-        for piece in pieces:
-            stop = start + piece["size"]
-            ctx, part = piece["ctx"], piece["part"]
-            if part < 0:  # the run level
-                at[start:stop] = 0
-            else:  # local id c > 0 is row ends[part] + c - 1; 0 is the run level
-                np.add(ctx, definitions.ends[part] - 1, out=at[start:stop], casting="unsafe")
-                at[start:stop][ctx == 0] = 0
-            start = stop
-        cat = functools.partial(concat_pieces, pieces)
-        text = [p["value_text"] for p in pieces]
-        gathered = definitions.gather(pieces, self.count)
-        name, value_type, num, kind = (cat("value_name"), cat("value_type"), cat("value_num"),
-                                       cat("kind"))
-        texts = None if all(t is None for t in text) else pa.concat_arrays(
-            [pa.nulls(p["size"], pa.string()) if t is None else t
-             for p, t in zip(pieces, text, strict=True)])
-        levels = definitions.levels
-        columns = [pa.array(gathered["ctx_id"]), pa.array(gathered["depth"]),
-                   dictionary(name, pa.array(list(self._names), pa.string())),
-                   dictionary(value_type, _TYPE_VALUES),
-                   pa.array(num, mask=_concat_masks(pieces, "num_null")),
-                   pa.nulls(self.count, pa.string()) if texts is None else texts,
-                   dictionary(kind, _KIND_VALUES), pa.array(cat("ord")),
-                   *ancestor_arrays(gathered, levels, self.count, self._loop_values())]
-        canonical = definitions.canonical
-        keys = RecordKeys(
-            names=list(self._names), types=VALUE_TYPES, name=name, depth=gathered["depth"],
-            kind=kind, value_type=value_type, ctx_row=at if canonical is None else canonical[at],
-            ctx_id=gathered["ctx_id"], value_num=num, value_text=texts,
-            loops=[(k, gathered[f"loop_{k}"]) for k in levels], loop_names=list(self._loops))
-        return pa.Table.from_arrays(columns, schema=LOG_SCHEMA), keys
+        return Definitions(pieces, levels)
 
     def _loop_values(self) -> pa.Array:
         return pa.array(list(self._loops), pa.string())
@@ -213,13 +146,6 @@ class RowBatch:
         return np.array([table.setdefault(t, len(table)) for t in texts] + [-1], np.int32)
 
 
-def _concat_masks(pieces: list[dict], key: str) -> np.ndarray | None:
-    if all(p[key] is None for p in pieces):
-        return None
-    return np.concatenate([np.zeros(p["size"], bool) if p[key] is None else p[key]
-                           for p in pieces])
-
-
 def _stored_ids(con: Any, definitions: Definitions | None, tstamp: str) -> np.ndarray:
     """The ids of the batch's contexts the catalog holds already for the run (a live run's
     earlier parts defined some): a probe of the run's contexts among them, when it has any
@@ -237,23 +163,6 @@ def _stored_ids(con: Any, definitions: Definitions | None, tstamp: str) -> np.nd
                            [tstamp]).fetchnumpy()["ctx_id"].astype(np.int64)
     finally:
         con.unregister(name)
-
-
-def _defining_records(keys: RecordKeys, known: np.ndarray) -> np.ndarray:
-    """A mask of the records that stand for their context (`defines_ctx`): the first of each
-    context at depth 1..3 the catalog does not hold yet. Such a context needs no row in
-    `_contexts`: `_all_contexts` reads it off that record's ancestor columns."""
-    count = len(keys.depth)
-    eligible = (keys.depth >= 1) & (keys.depth <= ANCESTOR_LEVELS)
-    if len(known):
-        eligible &= ~np.isin(keys.ctx_id, known)
-    where = np.flatnonzero(eligible)
-    defines = np.zeros(count, bool)
-    if len(where):
-        first = np.full(int(keys.ctx_row.max()) + 1, count, np.int64)
-        np.minimum.at(first, keys.ctx_row[where], where)
-        defines[first[first < count]] = True
-    return defines
 
 
 def _deep_loops(contexts: pa.Table | None) -> list[tuple[str, int]]:

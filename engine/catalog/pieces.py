@@ -1,0 +1,173 @@
+"""A batch's `_logs` rows, built a chunk of records at a time on a thread each (rows.RowBatch).
+
+    shape = BatchShape(definitions, ...)     what every chunk of a batch shares (rows.py)
+    built = build_pieces(records, shape)     each chunk's table, statistics keys, defining mask
+    claimed = claim_contexts(built)          a context is stood for by one record of the batch
+
+A batch's records come in pieces (a part's records, a run's args), cut into chunks of at most
+CHUNK_RECORDS. A chunk's context columns are gathered from its own part's definitions and its
+other columns taken as they are, so the chunks are built on a thread each (numpy's `take` lets
+go of the GIL), and the batch's table is their tables one after the other: no column is copied
+to join them (1M records: ~25 ms on 2 threads, against ~60 ms in one thread and a join).
+
+The first record of a context at depth 1..3 that the catalog does not hold yet stands for it
+(`defines_ctx`). Each chunk marks its own first records; `claim_contexts` then goes through the
+chunks in order, and a record whose context an earlier chunk stood for already stands for
+nothing: a context's records span chunks, and a context defined by several parts is one row.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .decode import VALUE_TYPES
+from .definitions import (
+    ANCESTOR_FIELDS,
+    ANCESTOR_LEVELS,
+    TEXT_DICT,
+    Definitions,
+    ancestor_arrays,
+    dictionary,
+)
+from .name_stats import RecordKeys
+
+CHUNK_RECORDS = 1 << 18  # records built on one thread at a time
+_PARALLEL_RECORDS = 100_000  # from this many records, chunks are built on a thread each
+BUILDERS = max(1, min(4, os.cpu_count() or 1))
+_SMALL_DICT = pa.dictionary(pa.int8(), pa.string())
+LOG_SCHEMA = pa.schema([  # `_logs` in its segments' and tail's column order, but `_seg`
+    pa.field("tstamp", pa.timestamp("us")), pa.field("ctx_id", pa.int64()),
+    pa.field("depth", pa.int32()), pa.field("value_name", TEXT_DICT),
+    pa.field("value_type", _SMALL_DICT), pa.field("value_num", pa.float64()),
+    pa.field("value_text", pa.string()), pa.field("kind", _SMALL_DICT),
+    pa.field("source", _SMALL_DICT), pa.field("ord", pa.int64()), *ANCESTOR_FIELDS,
+    pa.field("defines_ctx", pa.bool_())])
+_TYPE_VALUES = pa.array(VALUE_TYPES, pa.string())
+_KIND_VALUES = pa.array(("log", "arg"), pa.string())
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What every chunk of a batch is built against."""
+
+    definitions: Definitions
+    names: list[str]  # the batch's value names (value_name's dictionary)
+    loop_names: list[str]  # the batch's loop names (loop_k's dictionary)
+    tstamp: str
+    source: str
+    known: np.ndarray  # ids of the batch's contexts the catalog held before it
+
+
+@dataclass
+class BuiltChunk:
+    """A chunk's `_logs` rows but `defines_ctx`, its records' statistics keys, and which of
+    its records stand for their context (until `claim_contexts`)."""
+
+    table: pa.Table
+    keys: RecordKeys
+    defines: np.ndarray
+
+
+def build_pieces(pieces: list[dict], shape: BatchShape) -> list[BuiltChunk]:
+    """Each chunk of the record pieces built, in order: on a thread each when they are many."""
+    chunks = [(p, start, min(start + CHUNK_RECORDS, p["size"]))
+              for p in pieces for start in range(0, p["size"], CHUNK_RECORDS)]
+    texts = _Dictionaries(pa.array(shape.names, pa.string()),
+                          pa.array(shape.loop_names, pa.string()),
+                          pa.array([shape.source], pa.string()))
+    if sum(p["size"] for p in pieces) < _PARALLEL_RECORDS or len(chunks) < 2:
+        return [_build(chunk, shape, texts) for chunk in chunks]
+    with ThreadPoolExecutor(min(len(chunks), BUILDERS), thread_name_prefix="flor-rows") as pool:
+        return list(pool.map(lambda chunk: _build(chunk, shape, texts), chunks))
+
+
+def claim_contexts(built: list[BuiltChunk], rows: int) -> list[np.ndarray]:
+    """Leave each context stood for by its first record in the batch only (chunks in order;
+    `rows`: the batch's definition rows); the definition rows stood for, per chunk."""
+    taken = np.zeros(rows, bool)
+    claimed = []
+    for chunk in built:
+        at = np.flatnonzero(chunk.defines)
+        row = chunk.keys.ctx_row[at]
+        again = taken[row]
+        if again.any():
+            chunk.defines[at[again]] = False
+            row = row[~again]
+        taken[row] = True
+        claimed.append(row)
+    return claimed
+
+
+def joined_table(built: list[BuiltChunk]) -> pa.Table:
+    """The batch's `_logs` rows: the chunks' tables one after the other (no copy)."""
+    return pa.concat_tables([
+        c.table.append_column("defines_ctx", pa.array(c.defines, pa.bool_())) for c in built])
+
+
+@dataclass(frozen=True)
+class _Dictionaries:
+    names: pa.Array
+    loops: pa.Array
+    source: pa.Array
+
+
+def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Dictionaries
+           ) -> BuiltChunk:
+    piece, start, stop = chunk
+    part, size = piece["part"], stop - start
+    cut = slice(start, stop)
+    definitions = shape.definitions
+    ctx = None if piece["ctx"] is None else piece["ctx"][cut]
+    columns, row = definitions.record_columns(part, ctx, size)
+    name, value_type, kind = piece["value_name"][cut], piece["value_type"][cut], piece["kind"][cut]
+    num = piece["value_num"][cut]
+    null = None if piece["num_null"] is None else piece["num_null"][cut]
+    text = piece["value_text"]
+    text = pa.nulls(size, pa.string()) if text is None else text.slice(start, size)
+    tstamp = pa.array(np.full(size, np.datetime64(shape.tstamp, "us")), pa.timestamp("us"))
+    levels = definitions.levels
+    table = pa.Table.from_arrays([
+        tstamp, pa.array(columns["ctx_id"]), pa.array(columns["depth"]),
+        dictionary(name, texts.names), dictionary(value_type, _TYPE_VALUES),
+        pa.array(num, mask=null), text, dictionary(kind, _KIND_VALUES),
+        dictionary(np.zeros(size, np.int8), texts.source), pa.array(piece["ord"][cut]),
+        *ancestor_arrays(columns, levels, size, texts.loops)], schema=_CHUNK_SCHEMA)
+    keys = RecordKeys(
+        names=shape.names, types=VALUE_TYPES, name=name, depth=columns["depth"], kind=kind,
+        value_type=value_type, ctx_row=row, ctx_id=columns["ctx_id"], value_num=num,
+        value_text=None if piece["value_text"] is None else text,
+        loops=[(k, columns[f"loop_{k}"]) for k in levels], loop_names=shape.loop_names)
+    return BuiltChunk(table, keys, _first_records(keys, shape.known))
+
+
+_CHUNK_SCHEMA = pa.schema(list(LOG_SCHEMA)[:-1])
+
+
+def _first_records(keys: RecordKeys, known: np.ndarray) -> np.ndarray:
+    """A mask of the chunk's records that are the first of their context (depth 1..3, not
+    held by the catalog yet) within the chunk: one comparison pass when the records' context
+    rows never go back (the steps of a loop), else the least record index per row."""
+    count = len(keys.depth)
+    eligible = (keys.depth >= 1) & (keys.depth <= ANCESTOR_LEVELS)
+    if len(known):
+        eligible &= ~np.isin(keys.ctx_id, known)
+    where = np.flatnonzero(eligible)
+    defines = np.zeros(count, bool)
+    if not len(where):
+        return defines
+    row = keys.ctx_row[where]
+    if np.all(row[1:] >= row[:-1]):
+        first = np.ones(len(row), bool)
+        np.not_equal(row[1:], row[:-1], out=first[1:])
+        defines[where[first]] = True
+        return defines
+    low = int(row.min())
+    least = np.full(int(row.max()) - low + 1, count, np.int64)
+    np.minimum.at(least, row - low, where)
+    defines[least[least < count]] = True
+    return defines
