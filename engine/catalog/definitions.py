@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .parts import context_base, loop_hash, with_iteration
+from .parts import add_iterations, context_base, loop_hash
 
 ANCESTOR_LEVELS = 3  # rows carry loop_k, iter_k, ctx_k for k = 1..ANCESTOR_LEVELS
 ANCESTOR_COLUMNS = tuple(f"{c}_{k}" for k in range(1, ANCESTOR_LEVELS + 1)
@@ -122,8 +122,10 @@ class Definitions:
                  for p, a, b, end in zip(self.pieces, cuts[:-1], cuts[1:], self.ends, strict=True)]
         cols = {key: np.concatenate([p[key][i] if key in p else no_ancestor(key, len(i))
                                      for p, i in zip(self.pieces, local, strict=True)])
-                for key in ("ctx_id", "depth", "parent_id", "loop_name", "iteration",
+                for key in ("ctx_id", "depth", "loop_name", "iteration",
                             *self.record_keys()[2:])}
+        cols["parent_id"] = np.concatenate([_parent_ids(p, i) for p, i in zip(
+            self.pieces, local, strict=True)])
         paths = pa.concat_arrays([p["path"].take(i) for p, i in zip(self.pieces, local,
                                                                      strict=True)])
         top = cols["depth"] == 0
@@ -135,13 +137,19 @@ class Definitions:
              *ancestor_arrays(cols, self.levels, len(loop), loop_values)], schema=CTX_SCHEMA)
 
 
+def _parent_ids(piece: dict, rows: np.ndarray) -> np.ndarray:
+    """The ids of the parents of a piece's definitions at `rows` (0: the run level)."""
+    parent = piece["parent"][rows]
+    return np.where(parent > 0, piece["ctx_id"][np.maximum(parent - 1, 0)], 0)
+
+
 def _value_at_run_level(key: str) -> np.ndarray:
     return RUN_LEVEL[key] if key in RUN_LEVEL else no_ancestor(key, 1)
 
 
 RUN_LEVEL = {  # the run level's row of `_contexts`
     "ctx_id": np.zeros(1, np.int64), "depth": np.zeros(1, np.int32),
-    "path": pa.array([""], pa.string()), "parent_id": np.zeros(1, np.int64),
+    "path": pa.array([""], pa.string()), "parent": np.zeros(1, np.int64),
     "loop_name": np.full(1, -1, np.int32), "iteration": np.zeros(1, np.int64)}
 
 
@@ -199,14 +207,7 @@ class PartContexts:
         self.ids = np.zeros(n + 1, np.int64)
         self.anc = [(np.full(n + 1, -1, np.int32), np.zeros(n + 1, np.int64),
                      np.zeros(n + 1, np.int64)) for _ in range(min(levels, ANCESTOR_LEVELS))]
-        sizes = np.bincount(self.depth[1:], minlength=levels + 1)[1:] if n else []
-        ends = np.cumsum(sizes) + 1
-        if n and not np.any(self.depth[2:] < self.depth[1:-1]):  # already level by level
-            self.order: slice | np.ndarray = slice(1, None)
-            selections = [slice(int(e - z), int(e)) for z, e in zip(sizes, ends, strict=True)]
-        else:
-            self.order = np.argsort(self.depth[1:], kind="stable") + 1
-            selections = [self.order[e - z - 1:e - 1] for z, e in zip(sizes, ends, strict=True)]
+        self._order, selections = _levels(self.depth, levels)
         self.paths: list[pa.Array] = []
         # paths to depth 3 are derived by `_all_contexts` from the ancestor columns (NULL
         # here); a part with deeper contexts builds them all, as a deep one needs its parent's
@@ -216,18 +217,20 @@ class PartContexts:
             par, loop, iteration = self.parent[sel], local_loop[sel], self.iteration[sel]
             runs = _Runs(par, loop)
             base = context_base(self.ids[runs.first(par)], hashes[runs.first(loop)])
-            self.ids[sel] = with_iteration(runs.expand(base), iteration)
+            ids = self.ids[sel] = add_iterations(runs.expand(base), iteration)
             for k in range(min(level - 1, ANCESTOR_LEVELS)):  # outer ancestors: the parent's
                 for column in self.anc[k]:
-                    column[sel] = column[par]
+                    column[sel] = runs.expand(column[runs.first(par)])
             if level <= ANCESTOR_LEVELS:  # itself
-                for column, own in zip(self.anc[level - 1], (self.loop, self.iteration,
-                                                             self.ids), strict=True):
-                    column[sel] = own[sel]
+                own_loop, own_iteration, own_ctx = self.anc[level - 1]
+                own_loop[sel] = loop_index[loop]
+                own_iteration[sel] = iteration
+                own_ctx[sel] = ids
             if self.with_paths:
                 self._add_paths(runs, prefixes.take(runs.first(loop)), rank[runs.first(par)],
                                 iteration)
                 rank[sel] = np.arange(len(par))
+        self._selections = selections
 
     def _add_paths(self, runs: _Runs, prefix: pa.Array, parent_rank: np.ndarray,
                    iteration: np.ndarray) -> None:
@@ -243,18 +246,45 @@ class PartContexts:
             paths = pa.nulls(count, pa.string())
         else:
             paths = pa.concat_arrays(self.paths) if self.paths else pa.array([], pa.string())
-        if self.with_paths and isinstance(self.order, np.ndarray):  # back to the part's order
-            position = np.empty(len(self.order), np.int64)
-            position[self.order - 1] = np.arange(len(self.order))
+        if self.with_paths and not isinstance(self._order, slice):  # back to the part's order
+            order = self._order
+            if order is None:  # selected by masks
+                order = np.concatenate([np.flatnonzero(s) for s in self._selections])
+            position = np.empty(len(order), np.int64)
+            position[order - 1] = np.arange(len(order))
             paths = paths.take(position)
         local = slice(1, None)
+        # `parent`: the local id of each one's parent (0: the run level); Definitions.table
+        # turns the few it stores into ids
         out = {"ctx_id": self.ids[local], "depth": self.depth[local], "path": paths,
-               "parent_id": self.ids[self.parent[local]], "loop_name": self.loop[local],
+               "parent": self.parent[local], "loop_name": self.loop[local],
                "iteration": self.iteration[local]}
         for k, columns in enumerate(self.anc, start=1):
             for name, column in zip(("loop", "iter", "ctx"), columns, strict=True):
                 out[f"{name}_{k}"] = column[local]
         return out
+
+
+def _levels(depth: np.ndarray, levels: int
+            ) -> tuple[slice | np.ndarray | None, list[slice | np.ndarray]]:
+    """Which contexts are at each level 1..levels: slices when the part lists them level by
+    level; else a mask per level (selecting by mask is ~2x faster than by positions), or for
+    a deep part positions in level order. And the part's contexts in level order (a slice,
+    positions, or None: from the masks, when needed)."""
+    if len(depth) == 1:
+        return slice(1, None), []
+    sizes = np.bincount(depth[1:], minlength=levels + 1)[1:]
+    ends = np.cumsum(sizes) + 1
+    if not np.any(depth[2:] < depth[1:-1]):  # already level by level
+        return slice(1, None), [slice(int(e - z), int(e)) for z, e in zip(sizes, ends,
+                                                                          strict=True)]
+    if levels <= _MASKED_LEVELS:
+        return None, [depth == level for level in range(1, levels + 1)]
+    order = np.argsort(depth[1:], kind="stable") + 1
+    return order, [order[e - z - 1:e - 1] for z, e in zip(sizes, ends, strict=True)]
+
+
+_MASKED_LEVELS = 4  # beyond, a pass per level over every context costs more than a sort
 
 
 def _after_run_level(column: np.ndarray, run_level: int) -> np.ndarray:
@@ -278,23 +308,23 @@ class _Runs:
         change[1:] |= loop[1:] != loop[:-1]
         self.starts = np.flatnonzero(change)
         self.size = size
-        self._change = change
+        self.lengths = np.diff(self.starts, append=size)
 
     def first(self, column: np.ndarray) -> np.ndarray:
         """Each run's value of a column constant within runs."""
         return column[self.starts]
 
     def expand(self, per_run: np.ndarray) -> np.ndarray:
-        """A value per run, repeated for each item (one run: broadcast)."""
-        if len(self.starts) in (1, self.size):
+        """A value per run, repeated for each item (`per_run` itself when each item is a run)."""
+        if len(self.starts) == self.size:
             return per_run
-        return per_run[np.cumsum(self._change) - 1]
+        return np.repeat(per_run, self.lengths)
 
     def prefixed(self, per_run: pa.Array, texts: pa.Array) -> pa.Array:
         """`texts`, each behind its run's prefix."""
         if len(self.starts) > self._FEW:
             if len(self.starts) < self.size:
-                per_run = per_run.take(np.cumsum(self._change) - 1)
+                per_run = per_run.take(np.repeat(np.arange(len(self.starts)), self.lengths))
             return pc.binary_join_element_wise(per_run, texts, "")
         bounds = itertools.pairwise([*self.starts.tolist(), self.size])
         return pa.concat_arrays([

@@ -188,6 +188,16 @@ def context_base(parent_ids: np.ndarray, loop_hashes: np.ndarray) -> np.ndarray:
                      ^ loop_hashes)
 
 
+def add_iterations(base: np.ndarray, iterations: np.ndarray) -> np.ndarray:
+    """`with_iteration`, computed in `base` (uint64, one per iteration; overwritten)."""
+    ids = base.view(np.uint64)
+    ids += iterations.astype(np.int64, copy=False).view(np.uint64)
+    ids &= _ID_MASK
+    ids = ids.view(np.int64)
+    ids[ids == 0] = 1 << 53
+    return ids
+
+
 def with_iteration(base: np.ndarray, iterations: np.ndarray) -> np.ndarray:
     ids = ((base + iterations.astype(np.int64).view(np.uint64)) & _ID_MASK).view(np.int64)
     ids[ids == 0] = 1 << 53
