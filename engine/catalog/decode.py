@@ -1,5 +1,6 @@
 """Decode checked record parts (parts.py) into pieces of rows for a batch (rows.py).
 
+    parts = read_parts([path, ...])        each part read and checked, a thread each
     prepared = prepare_part(part, batch)   the part's names and loops as the batch's indices
     decode_parts([prepared, ...])          each decoded (or its PartError), a thread per core
     batch.add(decoded)                     its rows join the batch (rows.RowBatch)
@@ -16,13 +17,14 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from .definitions import PartContexts
-from .parts import ORD_STRIDE, Part, PartError
+from .parts import ORD_STRIDE, Part, PartError, read_part
 from .validate import clean_text, one_line
 
 
@@ -90,6 +92,22 @@ def prepare_part(part: Part, batch: Dictionaries) -> PreparedPart:
                             batch.source)
     except _MALFORMED as exc:
         raise PartError(f"malformed records: {one_line(repr(exc), 100)}") from None
+
+
+def read_parts(paths: list[Path]) -> list[Part | PartError]:
+    """Each part read and checked (parts.read_part), or the PartError that says why not, in
+    order: on a thread each (reading and numpy's checks let go of the GIL)."""
+    if len(paths) < 2:
+        return [_read(p) for p in paths]
+    with ThreadPoolExecutor(min(len(paths), DECODERS), thread_name_prefix="flor-read") as pool:
+        return list(pool.map(_read, paths))
+
+
+def _read(path: Path) -> Part | PartError:
+    try:
+        return read_part(path)
+    except PartError as exc:
+        return exc
 
 
 def decode_parts(prepared: list[PreparedPart]) -> list[DecodedPart | PartError]:

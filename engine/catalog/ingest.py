@@ -26,8 +26,8 @@ from flor import protocol
 
 from ..errors import IngestWarning, ProjectUnreadableError
 from ..project import Project
-from .decode import DECODERS, decode_parts, prepare_part
-from .parts import PartError, read_part
+from .decode import DECODERS, decode_parts, prepare_part, read_parts
+from .parts import PartError
 from .quarantine import Quarantine, drop_run, record_ok, sync_checkpoints
 from .rows import Output, RowBatch
 from .sources import Scan, load_file_states, relative, scan_source, signature
@@ -207,10 +207,12 @@ def _ingest_parts(con, scan: Scan, tstamp: str, quarantine: Quarantine,
 def _decode(scan: Scan, rels: list[str], batch: RowBatch, quarantine: Quarantine) -> list:
     """(rel, item, decoded part) of the parts `rels` that are whole; the others quarantined."""
     prepared = []
-    for rel in rels:
-        item = scan.parts[rel]
+    items = [scan.parts[rel] for rel in rels]
+    for rel, item, part in zip(rels, items, read_parts([i.path for i in items]), strict=True):
         try:
-            prepared.append((rel, item, prepare_part(read_part(item.path), batch)))
+            if isinstance(part, PartError):
+                raise part
+            prepared.append((rel, item, prepare_part(part, batch)))
         except PartError as exc:
             quarantine.part(scan, rel, item, str(exc))
     decoded = []

@@ -34,6 +34,13 @@ LOGS_VIEW_WITH_TAIL = (f"{LOGS_VIEW} UNION ALL SELECT {_LOG_NAMES} FROM _log_tai
                        "WHERE _piece IN (SELECT piece FROM _tail_pieces)")
 # Where the rows of each segmented table are written (`_logs` is a view, see above).
 STORED = {"_logs": "_log_rows", "_contexts": "_contexts", "_iterations": "_iterations"}
+# How many rows of each segmented table the mirror holds for segment {seg}: the tail's live
+# pieces are counted from `_tail_pieces`, not scanned (~15 ms per 1M records)
+SEGMENT_ROWS = {
+    "_logs": "(SELECT count(*) FROM _log_rows WHERE _seg = {seg}) + "
+             "(SELECT coalesce(sum(rows), 0) FROM _tail_pieces WHERE seg = {seg})",
+    "_contexts": "(SELECT count(*) FROM _contexts WHERE _seg = {seg})",
+    "_iterations": "(SELECT count(*) FROM _iterations WHERE _seg = {seg})"}
 
 # Documented in docs/catalog.md; keep the two in step.
 SCHEMA = """
@@ -44,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS _log_rows ({log_columns});
 CREATE TABLE IF NOT EXISTS _log_tail ({log_columns}, _piece INTEGER);
-CREATE TABLE IF NOT EXISTS _tail_pieces (piece INTEGER, tstamp TIMESTAMP);
+CREATE TABLE IF NOT EXISTS _tail_pieces (piece INTEGER, tstamp TIMESTAMP, seg INTEGER, rows BIGINT);
 {logs_view};
 CREATE OR REPLACE VIEW logs AS
 SELECT tstamp, ctx_id, depth, value_name, value_type, value_num, value_text, kind, source, ord

@@ -47,7 +47,7 @@ from flor.housekeeping import atomic_file, write_atomic
 
 from ..errors import CatalogLockedError, IngestWarning
 from .codec import encode_batch, encoded_schema
-from .schema import STORED
+from .schema import SEGMENT_ROWS, STORED
 from .sink import IPC_OPTIONS, SegmentSink, file_token, segment_name
 
 FORMAT = "florsql-catalog/2"  # 2: BIGINT columns stored as steps (codec.py)
@@ -221,7 +221,7 @@ class Store:
         let go of the GIL), one table after the other for a large publish, so that 10M
         records stay within the 1 GB docs/catalog.md promises."""
         pending = dict(zip(SEGMENTED, con.execute("SELECT " + ", ".join(
-            f"(SELECT count(*) FROM {t} WHERE _seg = {int(version)})" for t in SEGMENTED)
+            SEGMENT_ROWS[t].format(seg=int(version)) for t in SEGMENTED)
         ).fetchall()[0], strict=True))
         if sink is not None:
             written = _finished(sink, {t: n for t, n in pending.items() if n})

@@ -64,7 +64,8 @@ class LogTail:
         n = rows.num_rows
         self.pieces[piece] = rows.append_column("_seg", _constant(seg, n)).append_column(
             "_piece", _constant(piece, n))
-        con.execute("INSERT INTO _tail_pieces VALUES (?, CAST(? AS TIMESTAMP))", [piece, tstamp])
+        con.execute("INSERT INTO _tail_pieces VALUES (?, CAST(? AS TIMESTAMP), ?, ?)",
+                    [piece, tstamp, seg, n])
         con.execute(LOGS_VIEW_WITH_TAIL)  # in the same transaction: rolled back with it
         self.attach(con)
         if self.rows >= TAIL_ROWS:
