@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from test_name_stats import SCRIPT
 
 import florsql
@@ -102,11 +103,12 @@ def test_rows_built_in_chunks_on_several_threads_equal_those_built_in_one_piece(
         for part in sorted((run_dir / "parts").iterdir()):
             rows_of_part(read_part(part), batch)
         definitions = batch._definitions()
-        chunks = pieces.build_pieces(batch._records, pieces.BatchShape(
+        claims = pieces.ContextClaims(len(definitions.ids))
+        chunks = list(pieces.build_pieces(batch._records, pieces.BatchShape(
             definitions, list(batch._names), list(batch._loops), batch.tstamp, batch.source,
-            np.empty(0, np.int64)))
-        claimed = pieces.claim_contexts(chunks, len(definitions.ids))
-        built.append((pieces.joined_table(chunks), sorted(np.concatenate(claimed).tolist()),
+            np.empty(0, np.int64))))
+        table = pa.concat_tables([claims.settle(chunk) for chunk in chunks])
+        built.append((table, sorted(np.concatenate(claims.claimed).tolist()),
                       np.concatenate([c.keys.ctx_row for c in chunks])))
     (one, one_claimed, one_rows), (many, many_claimed, many_rows) = built
     assert one.num_rows > 0 and one.column("defines_ctx").to_pylist().count(True) > 0

@@ -64,8 +64,11 @@ class Definitions:
         self.pieces, self.levels = pieces, levels
         self.ends = np.cumsum([len(p["ctx_id"]) for p in pieces])
         self.ids = concat_pieces(pieces, "ctx_id")
-        # a context several parts define is stored once, and counted as its first row
-        self.keep, self.canonical = _first_definitions(self.ids)
+        # a context several parts define is stored once, and counted as its first row; each
+        # part's ids come sorted (on its decoding thread), so they merge in one pass
+        ordered = np.sort(np.concatenate([p.get("sorted_ids", p["ctx_id"]) for p in pieces]),
+                          kind="stable")  # timsort: merges the sorted runs
+        self.keep, self.canonical = _first_definitions(self.ids, ordered)
 
     def record_keys(self) -> list[str]:
         return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels
@@ -168,11 +171,12 @@ def dictionary(indices: np.ndarray, values: pa.Array, mask: np.ndarray | None = 
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=mask), values, safe=False)
 
 
-def _first_definitions(ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _first_definitions(ids: np.ndarray, ordered: np.ndarray
+                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Where some ids repeat (a context defined again by a later part): a mask of the rows
     whose id no earlier row has, and each row's first row of its id; (None, None) otherwise.
-    Repeats are few (the contexts open at a part's start), so only they are looked up."""
-    ordered = np.sort(ids)
+    `ordered`: the ids sorted. Repeats are few (the contexts open at a part's start), so only
+    they are looked up."""
     twice = ordered[1:] == ordered[:-1]
     if not twice.any():
         return None, None
@@ -256,7 +260,8 @@ class PartContexts:
         local = slice(1, None)
         # `parent`: the local id of each one's parent (0: the run level); Definitions.table
         # turns the few it stores into ids
-        out = {"ctx_id": self.ids[local], "depth": self.depth[local], "path": paths,
+        out = {"ctx_id": self.ids[local], "sorted_ids": np.sort(self.ids[local]),
+               "depth": self.depth[local], "path": paths,
                "parent": self.parent[local], "loop_name": self.loop[local],
                "iteration": self.iteration[local]}
         for k, columns in enumerate(self.anc, start=1):

@@ -1,8 +1,9 @@
 """A batch's `_logs` rows, built a chunk of records at a time on a thread each (rows.RowBatch).
 
     shape = BatchShape(definitions, ...)     what every chunk of a batch shares (rows.py)
-    built = build_pieces(records, shape)     each chunk's table, statistics keys, defining mask
-    claimed = claim_contexts(built)          a context is stood for by one record of the batch
+    claims = ContextClaims(rows)             a context is stood for by one record of the batch
+    for chunk in build_pieces(records, shape):   each chunk's table, statistics keys, first
+        table = claims.settle(chunk)             records, in order as they are built
 
 A batch's records come in pieces (a part's records, a run's args), cut into chunks of at most
 CHUNK_RECORDS. A chunk's context columns are gathered from its own part's definitions and its
@@ -14,11 +15,14 @@ The first record of a context at depth 1..3 that the catalog does not hold yet s
 (`defines_ctx`). Each chunk marks its own first records; `claim_contexts` then goes through the
 chunks in order, and a record whose context an earlier chunk stood for already stands for
 nothing: a context's records span chunks, and a context defined by several parts is one row.
+Chunks come out in order as soon as they are built, so the segment writer (sink.py) compresses
+the first while the next are built.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -73,40 +77,41 @@ class BuiltChunk:
     defines: np.ndarray
 
 
-def build_pieces(pieces: list[dict], shape: BatchShape) -> list[BuiltChunk]:
-    """Each chunk of the record pieces built, in order: on a thread each when they are many."""
+def build_pieces(pieces: list[dict], shape: BatchShape) -> Iterator[BuiltChunk]:
+    """Each chunk of the record pieces built, in order, as soon as it and those before it are:
+    on a thread each when they are many."""
     chunks = [(p, start, min(start + CHUNK_RECORDS, p["size"]))
               for p in pieces for start in range(0, p["size"], CHUNK_RECORDS)]
     texts = _Dictionaries(pa.array(shape.names, pa.string()),
                           pa.array(shape.loop_names, pa.string()),
                           pa.array([shape.source], pa.string()))
     if sum(p["size"] for p in pieces) < _PARALLEL_RECORDS or len(chunks) < 2:
-        return [_build(chunk, shape, texts) for chunk in chunks]
+        yield from (_build(chunk, shape, texts) for chunk in chunks)
+        return
     with ThreadPoolExecutor(min(len(chunks), BUILDERS), thread_name_prefix="flor-rows") as pool:
-        return list(pool.map(lambda chunk: _build(chunk, shape, texts), chunks))
+        yield from pool.map(lambda chunk: _build(chunk, shape, texts), chunks)
 
 
-def claim_contexts(built: list[BuiltChunk], rows: int) -> list[np.ndarray]:
-    """Leave each context stood for by its first record in the batch only (chunks in order;
-    `rows`: the batch's definition rows); the definition rows stood for, per chunk."""
-    taken = np.zeros(rows, bool)
-    claimed = []
-    for chunk in built:
+class ContextClaims:
+    """Which definition rows (`rows` of them) a record of the batch stands for, settled chunk
+    by chunk in the records' order: a record whose context an earlier chunk's record stood
+    for stands for nothing."""
+
+    def __init__(self, rows: int) -> None:
+        self.taken = np.zeros(rows, bool)
+        self.claimed: list[np.ndarray] = []  # the rows stood for, per chunk
+
+    def settle(self, chunk: BuiltChunk) -> pa.Table:
+        """The chunk's `_logs` rows, `defines_ctx` included, once earlier chunks are settled."""
         at = np.flatnonzero(chunk.defines)
         row = chunk.keys.ctx_row[at]
-        again = taken[row]
+        again = self.taken[row]
         if again.any():
             chunk.defines[at[again]] = False
             row = row[~again]
-        taken[row] = True
-        claimed.append(row)
-    return claimed
-
-
-def joined_table(built: list[BuiltChunk]) -> pa.Table:
-    """The batch's `_logs` rows: the chunks' tables one after the other (no copy)."""
-    return pa.concat_tables([
-        c.table.append_column("defines_ctx", pa.array(c.defines, pa.bool_())) for c in built])
+        self.taken[row] = True
+        self.claimed.append(row)
+        return chunk.table.append_column("defines_ctx", pa.array(chunk.defines, pa.bool_()))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .decode import DecodedPart, prepare_part
 from .definitions import ANCESTOR_LEVELS, CTX_COLUMNS, RUN_LEVEL, Definitions
 from .name_stats import merge_batch_stats
 from .parts import Part
-from .pieces import BatchShape, build_pieces, claim_contexts, joined_table
+from .pieces import BatchShape, ContextClaims, build_pieces
 from .schema import STORED
 from .sink import SegmentSink
 from .tail import LogTail
@@ -82,22 +82,23 @@ class RowBatch:
         if self.count or self._contexts:
             definitions = self._definitions()
             known = _stored_ids(con, definitions if self._contexts else None, self.tstamp)
-            built = build_pieces(self._records, BatchShape(
-                definitions, list(self._names), list(self._loops), self.tstamp, self.source,
-                known))
-            claimed = claim_contexts(built, len(definitions.ids))
+            claims = ContextClaims(len(definitions.ids))
+            tables, keys = [], []
+            for chunk in build_pieces(self._records, BatchShape(
+                    definitions, list(self._names), list(self._loops), self.tstamp,
+                    self.source, known)):
+                tables.append(claims.settle(chunk))
+                keys.append(chunk.keys)
+                _to_segment(out, "_logs", tables[-1])  # written while the next are built
             contexts = None
             if self._contexts:  # neither stored yet nor stood for by a record
-                contexts = definitions.table(definitions.stored_rows(claimed, known),
+                contexts = definitions.table(definitions.stored_rows(claims.claimed, known),
                                              self._loop_values())
-            if built:
-                logs = joined_table(built)
-                _to_segment(out, "_logs", logs)  # written while the statistics are worked out
+            if tables:
                 # before the rows are stored: they look up the run's earlier records only
-                merge_batch_stats(con, self.tstamp, [c.keys for c in built], known,
-                                  _deep_loops(contexts))
-                _store(con, out, "_logs", logs, self.tstamp)
-            del built
+                merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
+                _store(con, out, "_logs", pa.concat_tables(tables), self.tstamp)
+            del tables, keys
             if contexts is not None:
                 _append(con, out, "_contexts", self._whole(contexts))
         if self.iterations:
