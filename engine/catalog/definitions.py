@@ -69,6 +69,7 @@ class Definitions:
         ordered = np.sort(np.concatenate([p.get("sorted_ids", p["ctx_id"]) for p in pieces]),
                           kind="stable")  # timsort: merges the sorted runs
         self.keep, self.canonical = _first_definitions(self.ids, ordered)
+        self.max_depth = max(int(p["depth"].max()) for p in pieces if len(p["depth"]))
 
     def record_keys(self) -> list[str]:
         return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels

@@ -1,7 +1,8 @@
 """The name and loop statistics of a run (`_name_stats`, `_loop_stats`), kept as records arrive.
 
     keys = RecordKeys(...)                  a chunk of a batch's records, as numpy arrays
-    merge_batch_stats(con, tstamp, [keys, ...], known, deep_loops)
+    counts = count_chunk(keys, depths)      on the chunk's thread (pieces.py)
+    merge_batch_stats(con, tstamp, [keys, ...], [counts, ...], depths, known, deep_loops)
                                             before the batch's rows are inserted
 
 An ingest used to recompute a changed run's statistics from all its rows in SQL: 0.3 s per
@@ -48,19 +49,37 @@ class RecordKeys:
 
 
 @dataclass(frozen=True)
+class ChunkCounts:
+    """A chunk's records counted per group code (`count_chunk`, on the chunk's thread)."""
+
+    code: np.ndarray  # each record's group: (name * depths + depth) * 2 + kind
+    records: np.ndarray  # records per code
+    typed: np.ndarray  # records per code * len(types) + value_type
+
+
+def count_chunk(keys: RecordKeys, depths: int) -> ChunkCounts:
+    """The chunk's group codes and counts; `depths`: the batch's deepest context + 1, the
+    same for every chunk of the batch."""
+    code = _group_codes(keys, depths)
+    return ChunkCounts(code, np.bincount(code),
+                       np.bincount(code * len(keys.types) + keys.value_type))
+
+
+@dataclass(frozen=True)
 class _Group:
     name: str
     depth: int
     kind: str
 
 
-def merge_batch_stats(con: Any, tstamp: str, chunks: list[RecordKeys], known: np.ndarray,
+def merge_batch_stats(con: Any, tstamp: str, chunks: list[RecordKeys],
+                      counts: list[ChunkCounts], depths: int, known: np.ndarray,
                       deep_loops: list[tuple[str, int]]) -> None:
-    """Add the batch's records (`chunks` of them, pieces.py) to the run's statistics (run
-    before they are inserted, so `_logs` holds only the run's earlier rows); `known`: the ids
-    of the batch's contexts stored before it; `deep_loops`: (loop name, depth) of its contexts
-    deeper than 3."""
-    groups, batch = _batch_stats(chunks)
+    """Add the batch's records (`chunks` of them, pieces.py, each counted by `count_chunk`
+    with `depths`) to the run's statistics (run before they are inserted, so `_logs` holds
+    only the run's earlier rows); `known`: the ids of the batch's contexts stored before it;
+    `deep_loops`: (loop name, depth) of its contexts deeper than 3."""
+    groups, batch = _batch_stats(chunks, counts, depths)
     overlap = _overlap(con, tstamp, chunks, known, groups)
     old = con.execute("SELECT value_name, depth, kind, records, contexts, types, over_int64, "
                       "over_int128 FROM _name_stats WHERE tstamp = CAST(? AS TIMESTAMP)",
@@ -81,13 +100,13 @@ def merge_batch_stats(con: Any, tstamp: str, chunks: list[RecordKeys], known: np
     _merge_loops(con, tstamp, chunks, deep_loops)
 
 
-def _batch_stats(chunks: list[RecordKeys]) -> tuple[list[np.ndarray], dict[_Group, list]]:
+def _batch_stats(chunks: list[RecordKeys], counts: list[ChunkCounts], depths: int
+                 ) -> tuple[list[np.ndarray], dict[_Group, list]]:
     """Each record's group (name, depth, kind) as a dense number (per chunk), and per group:
     records, distinct contexts, value types, ints beyond 64 and 128 bits."""
     names, types = chunks[0].names, chunks[0].types
-    depths = max(int(k.depth.max()) for k in chunks) + 1
-    codes = [_group_codes(k, depths) for k in chunks]
-    records = _summed([np.bincount(code) for code in codes])
+    codes = [c.code for c in counts]
+    records = _summed([c.records for c in counts])
     present = np.flatnonzero(records)
     count = len(present)
     dense = np.zeros(len(records), _small_int(count))
@@ -102,8 +121,7 @@ def _batch_stats(chunks: list[RecordKeys]) -> tuple[list[np.ndarray], dict[_Grou
             int(records[code_of_group]), int(contexts[g]), set(), 0, 0]
     listed = list(stats)
     kinds = len(types)
-    typed = np.flatnonzero(_summed([np.bincount(code * kinds + k.value_type)  # codes x types
-                                    for code, k in zip(codes, chunks, strict=True)]))
+    typed = np.flatnonzero(_summed([c.typed for c in counts]))  # codes x types
     for at in typed.tolist():
         stats[listed[dense[at // kinds]]][2].add(types[at % kinds])
     if any("int" in entry[2] for entry in stats.values()):

@@ -38,7 +38,7 @@ from .definitions import (
     ancestor_arrays,
     dictionary,
 )
-from .name_stats import RecordKeys
+from .name_stats import ChunkCounts, RecordKeys, count_chunk
 
 CHUNK_RECORDS = 1 << 18  # records built on one thread at a time
 _PARALLEL_RECORDS = 100_000  # from this many records, chunks are built on a thread each
@@ -66,14 +66,20 @@ class BatchShape:
     source: str
     known: np.ndarray  # ids of the batch's contexts the catalog held before it
 
+    @property
+    def depths(self) -> int:
+        """The deepest context of the batch + 1 (group codes of the statistics use it)."""
+        return self.definitions.max_depth + 1
+
 
 @dataclass
 class BuiltChunk:
-    """A chunk's `_logs` rows but `defines_ctx`, its records' statistics keys, and which of
-    its records stand for their context (until `claim_contexts`)."""
+    """A chunk's `_logs` rows but `defines_ctx`, its records' statistics keys and counts, and
+    which of its records stand for their context (until `ContextClaims.settle`)."""
 
     table: pa.Table
     keys: RecordKeys
+    counts: ChunkCounts
     defines: np.ndarray
 
 
@@ -147,7 +153,8 @@ def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Dictionaries
         value_type=value_type, ctx_row=row, ctx_id=columns["ctx_id"], value_num=num,
         value_text=None if piece["value_text"] is None else text,
         loops=[(k, columns[f"loop_{k}"]) for k in levels], loop_names=shape.loop_names)
-    return BuiltChunk(table, keys, _first_records(keys, shape.known))
+    return BuiltChunk(table, keys, count_chunk(keys, shape.depths),
+                      _first_records(keys, shape.known))
 
 
 _CHUNK_SCHEMA = pa.schema(list(LOG_SCHEMA)[:-1])

@@ -83,12 +83,13 @@ class RowBatch:
             definitions = self._definitions()
             known = _stored_ids(con, definitions if self._contexts else None, self.tstamp)
             claims = ContextClaims(len(definitions.ids))
-            tables, keys = [], []
-            for chunk in build_pieces(self._records, BatchShape(
-                    definitions, list(self._names), list(self._loops), self.tstamp,
-                    self.source, known)):
+            shape = BatchShape(definitions, list(self._names), list(self._loops), self.tstamp,
+                               self.source, known)
+            tables, keys, counts = [], [], []
+            for chunk in build_pieces(self._records, shape):
                 tables.append(claims.settle(chunk))
                 keys.append(chunk.keys)
+                counts.append(chunk.counts)
                 _to_segment(out, "_logs", tables[-1])  # written while the next are built
             contexts = None
             if self._contexts:  # neither stored yet nor stood for by a record
@@ -96,9 +97,10 @@ class RowBatch:
                                              self._loop_values())
             if tables:
                 # before the rows are stored: they look up the run's earlier records only
-                merge_batch_stats(con, self.tstamp, keys, known, _deep_loops(contexts))
+                merge_batch_stats(con, self.tstamp, keys, counts, shape.depths, known,
+                                  _deep_loops(contexts))
                 _store(con, out, "_logs", pa.concat_tables(tables), self.tstamp)
-            del tables, keys
+            del tables, keys, counts
             if contexts is not None:
                 _append(con, out, "_contexts", self._whole(contexts))
         if self.iterations:
