@@ -188,3 +188,23 @@ def test_closing_a_connection_stops_its_fold_and_loses_nothing(
     with florsql.connect(repo) as other:
         assert other.execute(CURVE).fetchall() == _oracle(repo)
         assert other.execute(COUNT).fetchone()[0] == 2 * RECORDS
+
+
+def test_a_segment_is_published_from_the_ingest_s_own_files_when_the_tail_holds_its_rows(
+        tmp_path: Path, held_folds: list[tail.Fold], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish counts the rows the mirror holds for the segment (the tail's from
+    `_tail_pieces`) and, when they equal what the sink wrote, never exports them again."""
+    from florsql.engine.catalog import store
+
+    def exported(*args: object) -> None:
+        raise AssertionError("the rows were exported, not taken from the sink's files")
+
+    repo = _two_runs(tmp_path)
+    monkeypatch.setattr(store.Store, "_write_segment", exported)
+    with florsql.connect(repo) as conn:
+        conn.refresh()
+        assert conn.session.mirror.tail.rows == 2 * RECORDS  # still in the tail
+        assert conn.execute(COUNT).fetchone()[0] == 2 * RECORDS
+    monkeypatch.undo()
+    with florsql.connect(repo) as loaded:  # from the published segments alone
+        assert loaded.execute(COUNT).fetchone()[0] == 2 * RECORDS
