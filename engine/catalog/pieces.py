@@ -9,7 +9,9 @@ A batch's records come in pieces (a part's records, a run's args), cut into chun
 CHUNK_RECORDS. A chunk's context columns are gathered from its own part's definitions and its
 other columns taken as they are, so the chunks are built on a thread each (numpy's `take` lets
 go of the GIL), and the batch's table is their tables one after the other: no column is copied
-to join them (1M records: ~25 ms on 2 threads, against ~60 ms in one thread and a join).
+to join them. Measured on 2 cores, 1M records in a fresh process: 60-75 ms for the rows, the
+records that stand for their contexts and the statistics' counts, against 135-160 ms when the
+batch's columns were joined first and gathered a column at a time.
 
 The first record of a context at depth 1..3 that the catalog does not hold yet stands for it
 (`defines_ctx`). Each chunk marks its own first records; `claim_contexts` then goes through the
