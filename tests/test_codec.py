@@ -75,3 +75,15 @@ def test_counters_and_constants_stored_as_steps_take_a_fraction_of_their_zstd_si
 
     plain, steps = stored_size(batch), stored_size(encode_batch(batch))
     assert steps * 20 < plain, (steps, plain)
+
+
+def test_all_null_columns_equal_pyarrow_s_nulls_and_share_one_buffer() -> None:
+    from florsql.engine.catalog.definitions import TEXT_DICT, all_null
+
+    for kind in (pa.int64(), pa.int32(), TEXT_DICT, pa.string(), pa.timestamp("us")):
+        for size in (0, 1, 7, 100_003):
+            made = all_null(kind, size)
+            made.validate(full=True)
+            assert made.equals(pa.nulls(size, kind)) and made.null_count == size
+    first, second = all_null(pa.int64(), 1000), all_null(pa.string(), 1000)
+    assert first.buffers()[1].address == second.buffers()[1].address  # nothing new allocated

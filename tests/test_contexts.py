@@ -103,7 +103,7 @@ def test_rows_built_in_chunks_on_several_threads_equal_those_built_in_one_piece(
         for part in sorted((run_dir / "parts").iterdir()):
             rows_of_part(read_part(part), batch)
         definitions = batch._definitions()
-        claims = pieces.ContextClaims(len(definitions.ids))
+        claims = pieces.ContextClaims(definitions.rows)
         chunks = list(pieces.build_pieces(batch._records, pieces.BatchShape(
             definitions, list(batch._names), list(batch._loops), batch.tstamp, batch.source,
             np.empty(0, np.int64))))

@@ -14,6 +14,7 @@ on the parent and the loop only (the id's base, the path's prefix) is computed o
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -43,8 +44,8 @@ def ancestor_arrays(columns: dict, levels: list[int], size: int,
     out = []
     for k in range(1, ANCESTOR_LEVELS + 1):
         if k not in levels:
-            out += [pa.nulls(size, TEXT_DICT), pa.nulls(size, pa.int64()),
-                    pa.nulls(size, pa.int64())]
+            out += [all_null(TEXT_DICT, size), all_null(pa.int64(), size),
+                    all_null(pa.int64(), size)]
             continue
         loop = columns[f"loop_{k}"]
         null = loop < 0
@@ -55,6 +56,32 @@ def ancestor_arrays(columns: dict, levels: list[int], size: int,
     return out
 
 
+def all_null(kind: pa.DataType, size: int) -> pa.Array:
+    """`size` NULLs of `kind` (a fixed-width type, a dictionary, a string) over one zero
+    buffer shared by every such column: `pa.nulls` fills a new zeroed buffer each call (24 MB
+    for the columns 1M records leave NULL), whose pages the kernel has to clear first."""
+    zeros = _zeros(8 * size + 8)
+    if pa.types.is_dictionary(kind):
+        indices = pa.Array.from_buffers(kind.index_type, size, [zeros, zeros], size)
+        return pa.DictionaryArray.from_arrays(indices, pa.array([], kind.value_type))
+    if kind == pa.string():  # every offset 0: each value empty, and NULL
+        return pa.Array.from_buffers(kind, size, [zeros, zeros, zeros], size)
+    return pa.Array.from_buffers(kind, size, [zeros, zeros], size)
+
+
+def _zeros(size: int) -> pa.Buffer:
+    """At least `size` zero bytes, never written: allocated zeroed (calloc), so reading them
+    maps the kernel's zero page instead of clearing pages of its own."""
+    global _ZERO_BUFFER
+    buffer = _ZERO_BUFFER
+    if buffer.size < size:
+        buffer = _ZERO_BUFFER = pa.py_buffer(np.zeros(max(size, 2 * buffer.size), np.uint8))
+    return buffer
+
+
+_ZERO_BUFFER = pa.py_buffer(np.zeros(1 << 16, np.uint8))
+
+
 class Definitions:
     """A batch's context definitions: the run level, then each part's, numbered in that order
     (`ends`: where each piece ends). Only the ids are joined; a record's context columns are
@@ -63,13 +90,18 @@ class Definitions:
     def __init__(self, pieces: list[dict], levels: list[int]) -> None:
         self.pieces, self.levels = pieces, levels
         self.ends = np.cumsum([len(p["ctx_id"]) for p in pieces])
-        self.ids = concat_pieces(pieces, "ctx_id")
+        self.rows = int(self.ends[-1])
         # a context several parts define is stored once, and counted as its first row; each
         # part's ids come sorted (on its decoding thread), so they merge in one pass
         ordered = np.sort(np.concatenate([p.get("sorted_ids", p["ctx_id"]) for p in pieces]),
                           kind="stable")  # timsort: merges the sorted runs
-        self.keep, self.canonical = _first_definitions(self.ids, ordered)
+        self.keep, self.canonical = _first_definitions(pieces, self.ends, ordered)
         self.max_depth = max(int(p["depth"].max()) for p in pieces if len(p["depth"]))
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """Every definition's id, joined (only where the catalog's contexts are looked up)."""
+        return concat_pieces(self.pieces, "ctx_id")
 
     def record_keys(self) -> list[str]:
         return ["ctx_id", "depth", *(f"{c}_{k}" for k in self.levels
@@ -107,12 +139,12 @@ class Definitions:
         return columns, index if self.canonical is None else self.canonical[index]
 
     def kept_rows(self) -> np.ndarray:
-        return np.arange(len(self.ids)) if self.keep is None else np.flatnonzero(self.keep)
+        return np.arange(self.rows) if self.keep is None else np.flatnonzero(self.keep)
 
     def stored_rows(self, claimed: list[np.ndarray], known: np.ndarray) -> np.ndarray:
         """The rows `_contexts` gets: each context once, unless a record stands for it
         (`claimed`: rows, per chunk of records) or the catalog holds it already (`known`)."""
-        stored = np.ones(len(self.ids), bool) if self.keep is None else self.keep.copy()
+        stored = np.ones(self.rows, bool) if self.keep is None else self.keep.copy()
         for rows in claimed:
             stored[rows] = False
         if len(known):
@@ -172,22 +204,25 @@ def dictionary(indices: np.ndarray, values: pa.Array, mask: np.ndarray | None = 
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=mask), values, safe=False)
 
 
-def _first_definitions(ids: np.ndarray, ordered: np.ndarray
+def _first_definitions(pieces: list[dict], ends: np.ndarray, ordered: np.ndarray
                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Where some ids repeat (a context defined again by a later part): a mask of the rows
     whose id no earlier row has, and each row's first row of its id; (None, None) otherwise.
-    `ordered`: the ids sorted. Repeats are few (the contexts open at a part's start), so only
-    they are looked up."""
+    `ordered`: the pieces' ids, sorted. Repeats are few (the contexts open at a part's
+    start), so only they are looked up, piece by piece."""
     twice = ordered[1:] == ordered[:-1]
     if not twice.any():
         return None, None
     repeated = np.unique(ordered[1:][twice])
-    candidates = np.flatnonzero(np.isin(ids, repeated))
-    _, first, which = np.unique(ids[candidates], return_index=True, return_inverse=True)
-    keep = np.ones(len(ids), bool)
+    found = [(np.flatnonzero(np.isin(p["ctx_id"], repeated)), p["ctx_id"], end - len(p["ctx_id"]))
+             for p, end in zip(pieces, ends, strict=True)]
+    candidates = np.concatenate([at + start for at, _, start in found])
+    ids = np.concatenate([ids[at] for at, ids, _ in found])
+    _, first, which = np.unique(ids, return_index=True, return_inverse=True)
+    keep = np.ones(int(ends[-1]), bool)
     keep[candidates] = False
     keep[candidates[first]] = True
-    canonical = np.arange(len(ids))
+    canonical = np.arange(int(ends[-1]))
     canonical[candidates] = candidates[first][which]
     return keep, canonical
 
@@ -248,7 +283,7 @@ class PartContexts:
         """The part's definitions as rows for `_contexts`, in the part's order."""
         count = len(self.ids) - 1
         if not self.with_paths:
-            paths = pa.nulls(count, pa.string())
+            paths = all_null(pa.string(), count)
         else:
             paths = pa.concat_arrays(self.paths) if self.paths else pa.array([], pa.string())
         if self.with_paths and not isinstance(self._order, slice):  # back to the part's order

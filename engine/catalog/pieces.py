@@ -37,6 +37,7 @@ from .definitions import (
     ANCESTOR_LEVELS,
     TEXT_DICT,
     Definitions,
+    all_null,
     ancestor_arrays,
     dictionary,
 )
@@ -90,9 +91,11 @@ def build_pieces(pieces: list[dict], shape: BatchShape) -> Iterator[BuiltChunk]:
     on a thread each when they are many."""
     chunks = [(p, start, min(start + CHUNK_RECORDS, p["size"]))
               for p in pieces for start in range(0, p["size"], CHUNK_RECORDS)]
-    texts = _Dictionaries(pa.array(shape.names, pa.string()),
-                          pa.array(shape.loop_names, pa.string()),
-                          pa.array([shape.source], pa.string()))
+    longest = max((stop - start for _, start, stop in chunks), default=0)
+    texts = _Shared(pa.array(shape.names, pa.string()), pa.array(shape.loop_names, pa.string()),
+                    pa.array([shape.source], pa.string()),
+                    pa.array(np.full(longest, np.datetime64(shape.tstamp, "us")),
+                             pa.timestamp("us")))
     if sum(p["size"] for p in pieces) < _PARALLEL_RECORDS or len(chunks) < 2:
         yield from (_build(chunk, shape, texts) for chunk in chunks)
         return
@@ -123,14 +126,16 @@ class ContextClaims:
 
 
 @dataclass(frozen=True)
-class _Dictionaries:
+class _Shared:
+    """What every chunk of a batch shares: the dictionaries, and its tstamp column (sliced)."""
+
     names: pa.Array
     loops: pa.Array
     source: pa.Array
+    tstamps: pa.Array
 
 
-def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Dictionaries
-           ) -> BuiltChunk:
+def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Shared) -> BuiltChunk:
     piece, start, stop = chunk
     part, size = piece["part"], stop - start
     cut = slice(start, stop)
@@ -141,11 +146,10 @@ def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Dictionaries
     num = piece["value_num"][cut]
     null = None if piece["num_null"] is None else piece["num_null"][cut]
     text = piece["value_text"]
-    text = pa.nulls(size, pa.string()) if text is None else text.slice(start, size)
-    tstamp = pa.array(np.full(size, np.datetime64(shape.tstamp, "us")), pa.timestamp("us"))
+    text = all_null(pa.string(), size) if text is None else text.slice(start, size)
     levels = definitions.levels
     table = pa.Table.from_arrays([
-        tstamp, pa.array(columns["ctx_id"]), pa.array(columns["depth"]),
+        texts.tstamps.slice(0, size), pa.array(columns["ctx_id"]), pa.array(columns["depth"]),
         dictionary(name, texts.names), dictionary(value_type, _TYPE_VALUES),
         pa.array(num, mask=null), text, dictionary(kind, _KIND_VALUES),
         dictionary(np.zeros(size, np.int8), texts.source), pa.array(piece["ord"][cut]),

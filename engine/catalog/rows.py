@@ -82,7 +82,7 @@ class RowBatch:
         if self.count or self._contexts:
             definitions = self._definitions()
             known = _stored_ids(con, definitions if self._contexts else None, self.tstamp)
-            claims = ContextClaims(len(definitions.ids))
+            claims = ContextClaims(definitions.rows)
             shape = BatchShape(definitions, list(self._names), list(self._loops), self.tstamp,
                                self.source, known)
             tables, keys, counts = [], [], []
