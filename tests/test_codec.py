@@ -75,6 +75,7 @@ def test_counters_and_constants_stored_as_steps_take_a_fraction_of_their_zstd_si
 
     plain, steps = stored_size(batch), stored_size(encode_batch(batch))
     assert steps * 20 < plain, (steps, plain)
+    assert decode_batch(encode_batch(batch)).equals(batch)  # its columns on a thread each
 
 
 def test_all_null_columns_equal_pyarrow_s_nulls_and_share_one_buffer() -> None:

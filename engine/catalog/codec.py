@@ -17,6 +17,9 @@ stream's schema; a segment written before (no such field metadata) is read as it
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,16 +49,26 @@ def encoded_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def decode_batch(stored: pa.RecordBatch) -> pa.RecordBatch:
-    """The rows of a batch `encode_batch` gave (a batch without step columns: as it is)."""
-    if not any(_stepped(f) for f in stored.schema):
+    """The rows of a batch `encode_batch` gave (a batch without step columns: as it is). The
+    columns of a large batch are summed up on a thread each (numpy lets go of the GIL: 1M
+    rows, 8 columns, ~55 -> ~30 ms on 2 cores)."""
+    stepped = [i for i, f in enumerate(stored.schema) if _stepped(f)]
+    if not stepped:
         return stored
-    fields, columns = [], []
-    for field, column in zip(stored.schema, stored.columns, strict=True):
-        if _stepped(field):
-            field, column = field.remove_metadata(), _values(column)
-        fields.append(field)
-        columns.append(column)
+    columns = list(stored.columns)
+    if stored.num_rows < _PARALLEL_ROWS or len(stepped) < 2:
+        values = [_values(columns[i]) for i in stepped]
+    else:
+        with ThreadPoolExecutor(_DECODERS, thread_name_prefix="flor-steps") as pool:
+            values = list(pool.map(lambda i: _values(columns[i]), stepped))
+    fields = list(stored.schema)
+    for i, column in zip(stepped, values, strict=True):
+        fields[i], columns[i] = fields[i].remove_metadata(), column
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, stored.schema.metadata))
+
+
+_PARALLEL_ROWS = 1 << 17
+_DECODERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _steppable(field: pa.Field) -> bool:
