@@ -27,6 +27,8 @@ COUNT = "SELECT count(*) FROM logs"
 CURVE = "SELECT runid, epoch, step, loss, acc FROM history ORDER BY runid, epoch, step"
 IN_ROWS = "SELECT count(*) FROM _log_rows"
 VIEW = "SELECT sql FROM duckdb_views() WHERE view_name = '_logs'"
+STORAGE = ("SELECT DISTINCT compression FROM pragma_storage_info('_log_rows') "
+           "WHERE column_name = 'value_name' AND segment_type = 'VARCHAR'")
 
 
 @pytest.fixture
@@ -208,3 +210,25 @@ def test_a_segment_is_published_from_the_ingest_s_own_files_when_the_tail_holds_
     monkeypatch.undo()
     with florsql.connect(repo) as loaded:  # from the published segments alone
         assert loaded.execute(COUNT).fetchone()[0] == 2 * RECORDS
+
+
+def test_a_new_connection_answers_before_the_rows_it_loaded_are_compressed(
+        tmp_path: Path, held_folds: list[tail.Fold]) -> None:
+    """A load appends the published rows to DuckDB's table; a fold of no tail piece compresses
+    them on a thread while the connection already answers (~1 s per 1M records sooner)."""
+    repo = make_repo(tmp_path / "proj", {"train.py": SCRIPT.replace("range(40)", "range(50_000)")})
+    run_script(repo, "train.py", "--flor", "big")
+    records = 3 * 50_000 + 3
+    with florsql.connect(repo) as first:  # ingests and publishes
+        first.refresh()
+    held_folds.clear()
+    with florsql.connect(repo) as conn:  # loads the published segments
+        conn.refresh()
+        assert len(held_folds) == 1 and held_folds[0].pieces == []
+        con = conn.session.con
+        assert ("Uncompressed",) in con.execute(STORAGE).fetchall()
+        assert conn.execute(COUNT).fetchone()[0] == records  # answers meanwhile
+        _run_fold(held_folds[0])
+        assert held_folds[0].error is None and held_folds[0].compressed
+        assert ("Uncompressed",) not in con.execute(STORAGE).fetchall()
+        assert conn.execute(COUNT).fetchone()[0] == records

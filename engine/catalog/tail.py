@@ -131,7 +131,8 @@ class Fold:
         try:
             if self._cancelled:
                 raise duckdb.InterruptException("the mirror closed before the fold")
-            fold_into_rows(self.cursor, self.pieces)
+            if self.pieces:  # none: it only compresses what a load appended
+                fold_into_rows(self.cursor, self.pieces)
             with contextlib.suppress(duckdb.Error):  # a write elsewhere: they wait uncompressed
                 self.cursor.execute(f"CHECKPOINT {self.database}")
                 self.compressed = True
