@@ -14,9 +14,9 @@ records that stand for their contexts and the statistics' counts, against 135-16
 batch's columns were joined first and gathered a column at a time.
 
 The first record of a context at depth 1..3 that the catalog does not hold yet stands for it
-(`defines_ctx`). Each chunk marks its own first records; `claim_contexts` then goes through the
-chunks in order, and a record whose context an earlier chunk stood for already stands for
-nothing: a context's records span chunks, and a context defined by several parts is one row.
+(`defines_ctx`). Each chunk marks its own first records; `ContextClaims.settle` then goes
+through the chunks in order, and a record whose context an earlier chunk stood for already stands
+for nothing: a context's records span chunks, and a context defined by several parts is one row.
 Chunks come out in order as soon as they are built, so the segment writer (sink.py) compresses
 the first while the next are built.
 """
