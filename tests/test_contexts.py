@@ -104,7 +104,7 @@ def test_rows_built_in_chunks_on_several_threads_equal_those_built_in_one_piece(
             rows_of_part(read_part(part), batch)
         definitions = batch._definitions()
         claims = pieces.ContextClaims(definitions.rows)
-        chunks = list(pieces.build_pieces(batch._records, pieces.BatchShape(
+        chunks = list(pieces.build_chunks(batch._records, pieces.BatchShape(
             definitions, list(batch._names), list(batch._loops), batch.tstamp, batch.source,
             np.empty(0, np.int64))))
         table = pa.concat_tables([claims.settle(chunk) for chunk in chunks])

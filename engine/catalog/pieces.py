@@ -2,7 +2,7 @@
 
     shape = BatchShape(definitions, ...)     what every chunk of a batch shares (rows.py)
     claims = ContextClaims(rows)             a context is stood for by one record of the batch
-    for chunk in build_pieces(records, shape):   each chunk's table, statistics keys, first
+    for chunk in build_chunks(records, shape):   each chunk's table, statistics keys, first
         table = claims.settle(chunk)             records, in order as they are built
 
 A batch's records come in pieces (a part's records, a run's args), cut into chunks of at most
@@ -47,13 +47,14 @@ CHUNK_RECORDS = 1 << 18  # records built on one thread at a time
 _PARALLEL_RECORDS = 100_000  # from this many records, chunks are built on a thread each
 BUILDERS = max(1, min(4, os.cpu_count() or 1))
 _SMALL_DICT = pa.dictionary(pa.int8(), pa.string())
-LOG_SCHEMA = pa.schema([  # `_logs` in its segments' and tail's column order, but `_seg`
+# a chunk's table: `_logs` in its segments' and tail's column order, but `defines_ctx` (added
+# once the chunks before it are settled: ContextClaims.settle) and `_seg`
+_CHUNK_SCHEMA = pa.schema([
     pa.field("tstamp", pa.timestamp("us")), pa.field("ctx_id", pa.int64()),
     pa.field("depth", pa.int32()), pa.field("value_name", TEXT_DICT),
     pa.field("value_type", _SMALL_DICT), pa.field("value_num", pa.float64()),
     pa.field("value_text", pa.string()), pa.field("kind", _SMALL_DICT),
-    pa.field("source", _SMALL_DICT), pa.field("ord", pa.int64()), *ANCESTOR_FIELDS,
-    pa.field("defines_ctx", pa.bool_())])
+    pa.field("source", _SMALL_DICT), pa.field("ord", pa.int64()), *ANCESTOR_FIELDS])
 _TYPE_VALUES = pa.array(VALUE_TYPES, pa.string())
 _KIND_VALUES = pa.array(("log", "arg"), pa.string())
 
@@ -86,21 +87,21 @@ class BuiltChunk:
     defines: np.ndarray
 
 
-def build_pieces(pieces: list[dict], shape: BatchShape) -> Iterator[BuiltChunk]:
+def build_chunks(pieces: list[dict], shape: BatchShape) -> Iterator[BuiltChunk]:
     """Each chunk of the record pieces built, in order, as soon as it and those before it are:
     on a thread each when they are many."""
     chunks = [(p, start, min(start + CHUNK_RECORDS, p["size"]))
               for p in pieces for start in range(0, p["size"], CHUNK_RECORDS)]
     longest = max((stop - start for _, start, stop in chunks), default=0)
-    texts = _Shared(pa.array(shape.names, pa.string()), pa.array(shape.loop_names, pa.string()),
+    shared = _Shared(pa.array(shape.names, pa.string()), pa.array(shape.loop_names, pa.string()),
                     pa.array([shape.source], pa.string()),
                     pa.array(np.full(longest, np.datetime64(shape.tstamp, "us")),
                              pa.timestamp("us")))
     if sum(p["size"] for p in pieces) < _PARALLEL_RECORDS or len(chunks) < 2:
-        yield from (_build(chunk, shape, texts) for chunk in chunks)
+        yield from (_build(chunk, shape, shared) for chunk in chunks)
         return
     with ThreadPoolExecutor(min(len(chunks), BUILDERS), thread_name_prefix="flor-rows") as pool:
-        yield from pool.map(lambda chunk: _build(chunk, shape, texts), chunks)
+        yield from pool.map(lambda chunk: _build(chunk, shape, shared), chunks)
 
 
 class ContextClaims:
@@ -135,7 +136,7 @@ class _Shared:
     tstamps: pa.Array
 
 
-def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Shared) -> BuiltChunk:
+def _build(chunk: tuple[dict, int, int], shape: BatchShape, shared: _Shared) -> BuiltChunk:
     piece, start, stop = chunk
     part, size = piece["part"], stop - start
     cut = slice(start, stop)
@@ -149,11 +150,11 @@ def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Shared) -> B
     text = all_null(pa.string(), size) if text is None else text.slice(start, size)
     levels = definitions.levels
     table = pa.Table.from_arrays([
-        texts.tstamps.slice(0, size), pa.array(columns["ctx_id"]), pa.array(columns["depth"]),
-        dictionary(name, texts.names), dictionary(value_type, _TYPE_VALUES),
+        shared.tstamps.slice(0, size), pa.array(columns["ctx_id"]), pa.array(columns["depth"]),
+        dictionary(name, shared.names), dictionary(value_type, _TYPE_VALUES),
         pa.array(num, mask=null), text, dictionary(kind, _KIND_VALUES),
-        dictionary(np.zeros(size, np.int8), texts.source), pa.array(piece["ord"][cut]),
-        *ancestor_arrays(columns, levels, size, texts.loops)], schema=_CHUNK_SCHEMA)
+        dictionary(np.zeros(size, np.int8), shared.source), pa.array(piece["ord"][cut]),
+        *ancestor_arrays(columns, levels, size, shared.loops)], schema=_CHUNK_SCHEMA)
     keys = RecordKeys(
         names=shape.names, types=VALUE_TYPES, name=name, depth=columns["depth"], kind=kind,
         value_type=value_type, ctx_row=row, ctx_id=columns["ctx_id"], value_num=num,
@@ -162,8 +163,6 @@ def _build(chunk: tuple[dict, int, int], shape: BatchShape, texts: _Shared) -> B
     return BuiltChunk(table, keys, count_chunk(keys, shape.depths),
                       _first_records(keys, shape.known))
 
-
-_CHUNK_SCHEMA = pa.schema(list(LOG_SCHEMA)[:-1])
 
 
 def _first_records(keys: RecordKeys, known: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from .decode import DecodedPart, prepare_part
 from .definitions import ANCESTOR_LEVELS, CTX_COLUMNS, RUN_LEVEL, Definitions
 from .name_stats import merge_batch_stats
 from .parts import Part
-from .pieces import BatchShape, ContextClaims, build_pieces
+from .pieces import BatchShape, ContextClaims, build_chunks
 from .schema import STORED
 from .sink import SegmentSink
 from .tail import LogTail
@@ -86,7 +86,7 @@ class RowBatch:
             shape = BatchShape(definitions, list(self._names), list(self._loops), self.tstamp,
                                self.source, known)
             tables, keys, counts = [], [], []
-            for chunk in build_pieces(self._records, shape):
+            for chunk in build_chunks(self._records, shape):
                 tables.append(claims.settle(chunk))
                 keys.append(chunk.keys)
                 counts.append(chunk.counts)
