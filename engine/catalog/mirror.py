@@ -4,7 +4,7 @@
                                          locked down (sandbox.py) before any user statement
     Mirror.sync()                        load what the manifest publishes beyond what is loaded
     Mirror.publish(can_publish)          after an ingest here: publish it (store.py)
-    Mirror.settle()                      after a refresh: fold the tail (tail.py), compress
+    Mirror.settle()                      after a refresh: fold, compress (on a thread: tail.py)
 
 User SQL runs on this instance only. It holds no file: segments are read by Python (pyarrow)
 and inserted, so the sandbox keeps every file out of SQL's reach, the catalog's included, and

@@ -106,7 +106,8 @@ def fold_into_rows(con: duckdb.DuckDBPyConnection, pieces: list[int]) -> None:
 @dataclass(eq=False)  # hashable by identity: _RUNNING holds it
 class Fold:
     """A fold of the tail's `pieces` on a cursor of their own, run by a thread: the rows move
-    into `_log_rows`, then a checkpoint compresses them (with any other rows waiting)."""
+    into `_log_rows`, then a checkpoint compresses them (with any other rows waiting). With
+    no piece it only compresses: what a load appended (Mirror.settle)."""
 
     cursor: duckdb.DuckDBPyConnection
     pieces: list[int]
